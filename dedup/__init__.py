@@ -1,0 +1,1 @@
+"""webclip dedup package."""

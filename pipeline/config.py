@@ -1,0 +1,174 @@
+"""Typed, validated run configuration: one YAML file, defaults for everything, ``--set`` overrides.
+
+Each stage package owns the schema of its own section (``crawl/config.py``, ``dedup/config.py``,
+``train/config.py``, ``eval/config.py``); this module composes them into :class:`WebclipConfig`
+and turns every validation problem into a :class:`ConfigError` that names the key, the value and
+the fix (the nearest valid key for a typo, the allowed range for a bad number).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from pipeline.errors import ConfigError
+from pipeline.evalsets_spec import EvalSetSpec
+from pipeline.section import Section
+
+# Each stage package owns its section's schema; these modules hold only pydantic models.
+from crawl.config import BalanceConfig, DownloadConfig, ExtractConfig, MatchConfig, VocabConfig  # noqa: E402
+from dedup.config import AuditConfig, DedupConfig  # noqa: E402
+from eval.config import EvalConfig  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+
+STAGE_ORDER = ("vocab", "extract", "match", "balance", "download", "dedup", "train", "eval", "audit")
+StageName = Literal["vocab", "extract", "match", "balance", "download", "dedup", "train", "eval", "audit"]
+
+
+class RayConfig(Section):
+    """Where stage tasks run and how often a failing task is retried."""
+
+    address: str | None = Field(
+        None, description="Ray cluster address; None: RAY_ADDRESS, then a running local head, else embedded"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded Ray (None: all)")
+    task_retries: int = Field(2, ge=0, le=20, description="retries of a task that raises or whose worker dies")
+    cpus_per_task: float = Field(1.0, gt=0, le=64)
+    include_dashboard: bool = False
+
+
+class WebclipConfig(Section):
+    """The whole run: where it lives, its seed, which stages ``webclip run`` runs, and each stage's section."""
+
+    run: str = Field("runs/demo", description="run directory: a local path or any fsspec URL")
+    seed: int = Field(0, ge=0, description="seed for every random decision of the run")
+    stages: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER))
+    ray: RayConfig = Field(default_factory=RayConfig)
+    evalsets: list[EvalSetSpec] = Field(default_factory=list, description="evaluation sets for dedup and eval")
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    match: MatchConfig = Field(default_factory=MatchConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+
+def root_model() -> type[WebclipConfig]:
+    """The composed configuration model class."""
+    return WebclipConfig
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class reached by following ``loc`` (field names) from ``model``."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+        # unwrap Optional[...] / list[...] to reach a nested model
+        while get_origin(current) is not None and not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
+            args = [a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = args[0] if args else None
+            if current is None:
+                return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _describe_error(model: type[BaseModel], err: dict[str, Any], source: str) -> str:
+    loc = tuple(p for p in err["loc"])
+    key = ".".join(str(p) for p in loc)
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        valid = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
+        return (
+            f"{source}: unknown key {key!r}. {hint} Valid keys here: {', '.join(valid)}".replace("  ", " ")
+        )
+    shown = repr(value) if not isinstance(value, dict) else "{…}"
+    return f"{source}: key {key!r} = {shown}: {err['msg']}"
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section, it holds {child!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--set key.path=value`` override; the value is read as YAML (``3``, ``true``, ``[a, b]``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set balance.t=20000")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot read value {raw!r} as YAML: {exc}") from exc
+    return key, value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    run: str | None = None,
+) -> WebclipConfig:
+    """Load, merge and validate a run's configuration.
+
+    Order: built-in defaults, then the YAML file ``path``, then each ``--set`` override, then
+    ``run`` (the ``--run`` flag). Raises :class:`ConfigError` naming the key, the value and the fix.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {source!r} does not exist; pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+        source = f"{source} + --set" if "--set" not in source else source
+    if run is not None:
+        data["run"] = run
+    model = root_model()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        messages = [_describe_error(model, e, source) for e in exc.errors()]
+        raise ConfigError("\n".join(messages)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved configuration as YAML, as written to ``<run>/config.yaml``."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

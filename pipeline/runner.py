@@ -1,0 +1,201 @@
+"""Runs a :class:`~pipeline.stage.Stage` 's tasks over Ray, with completion markers, retries and stats.
+
+Where the tasks run:
+
+* ``ray.address`` in the config, else ``RAY_ADDRESS`` (set by ``ray job submit``), else a Ray head
+  already running on this machine (``ray submit`` runs the script on the head), else an embedded
+  local Ray started in-process: :func:`ray.init` resolves exactly that order.
+* A run directory on a process-local filesystem (``memory://``) cannot be seen by Ray workers, so
+  its tasks run in the driver process, one after another, through the same code path.
+
+Each finished task writes ``<run>/_done/<stage>/<task>`` (its stats) as its last act; a rerun skips
+those. A task that raises, or whose worker dies, is retried ``ray.task_retries`` times by Ray; if it
+still fails its error goes to ``<run>/_failed/<stage>/<task>.json`` and the stage ends with
+:class:`~pipeline.errors.StageFailed` after the other tasks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.errors import StageFailed
+from pipeline.rundir import RunDir
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+STAGE_MARKER = "_stage"
+log = logging.getLogger("webclip")
+
+
+@dataclass
+class StageResult:
+    """What a stage run did: merged stats, how many tasks ran or were skipped, and failures."""
+
+    stage: str
+    stats: Stats
+    tasks_total: int = 0
+    tasks_skipped: int = 0
+    skipped_stage: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def execute_task(stage: Stage, task: Task) -> dict[str, Any]:
+    """Run one task and write its completion marker; returns the marker payload (stats)."""
+    start = time.perf_counter()
+    stats = Stats()
+    stage.process(task, stats)
+    stats.seconds = time.perf_counter() - start
+    payload = {"task": task.id, "stats": stats.to_dict(), "host": os.uname().nodename}
+    stage.run.remove(stage.run.failure_path(stage.name, task.id))
+    stage.run.mark_done(stage.name, task.id, payload)
+    return payload
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> None:
+    """Connect to (or start) Ray once per process; see the module docstring for the order."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+    has_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+    if not has_cluster:
+        # Only an embedded instance takes these; ray.init refuses them when connecting.
+        kwargs.update(num_cpus=num_cpus, include_dashboard=include_dashboard)
+    try:
+        ray.init(**kwargs)
+    except ValueError:
+        # A running local head was found (ray.init reads /tmp/ray/ray_current_cluster): connect plainly.
+        kwargs.pop("num_cpus", None)
+        kwargs.pop("include_dashboard", None)
+        ray.init(**kwargs)
+
+
+def _remote_execute(stage: Stage, task: Task) -> dict[str, Any]:
+    return execute_task(stage, task)
+
+
+def _run_inline(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    results, failures = [], {}
+    retries = stage.config.ray.task_retries
+    for task in todo:
+        for attempt in range(retries + 1):
+            try:
+                results.append(execute_task(stage, task))
+                break
+            except Exception as exc:  # a task's failure is data: record it, go on
+                if attempt == retries:
+                    failures[task.id] = f"{type(exc).__name__}: {exc}"
+                    log.debug("task %s failed:\n%s", task.id, traceback.format_exc())
+        bar.update(1)
+    return results, failures
+
+
+def _run_on_ray(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    import ray
+
+    cfg = stage.config.ray
+    ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard)
+    remote = ray.remote(_remote_execute).options(
+        max_retries=cfg.task_retries,
+        retry_exceptions=True,
+        num_cpus=cfg.cpus_per_task,
+        name=f"{stage.name}",
+    )
+    stage_ref = ray.put(stage)
+    pending = {remote.remote(stage_ref, task): task for task in todo}
+    results, failures = [], {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=None)
+        for ref in ready:
+            task = pending.pop(ref)
+            try:
+                results.append(ray.get(ref))
+            except Exception as exc:  # RayTaskError, WorkerCrashedError… after Ray's retries
+                cause = getattr(exc, "cause", None) or exc
+                failures[task.id] = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1][:500]}"
+            bar.update(1)
+            bar.set_postfix(failed=len(failures))
+    return results, failures
+
+
+def merged_task_stats(run: RunDir, stage: str, task_ids: list[str]) -> Stats:
+    """Sum the stats recorded in the completion markers of ``task_ids``."""
+    total = Stats()
+    for task_id in task_ids:
+        if run.is_done(stage, task_id):
+            total.merge(Stats.from_dict(run.read_marker(stage, task_id)["stats"]))
+    return total
+
+
+def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> StageResult:
+    """Run every unfinished task of ``stage``, then its finalize, then write ``stats/<stage>.json``.
+
+    Raises :class:`~pipeline.errors.StageFailed` (after writing stats) if tasks failed after retries.
+    """
+    run, name = stage.run, stage.name
+    if stage.resumable and not force and run.is_done(name, STAGE_MARKER):
+        saved = run.read_json(run.stats_path(name)) if run.exists(run.stats_path(name)) else {}
+        print(f"[{name}] already complete, skipped (delete {run.full_url('_done', name)} to redo)", file=sys.stderr)
+        return StageResult(name, Stats.from_dict(saved), skipped_stage=True)
+
+    wall = time.perf_counter()
+    stage.check()
+    tasks = stage.tasks()
+    ids = [t.id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"stage {name!r} produced duplicate task ids")
+    done = run.done_tasks(name) if not force else set()
+    todo = [t for t in tasks if t.id not in done]
+    where = "in-process (process-local filesystem)" if run.is_process_local else "on Ray"
+    bar = tqdm(
+        total=len(tasks), initial=len(tasks) - len(todo), desc=f"[{name}] tasks", unit="task",
+        disable=not progress, file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
+    )
+    if todo:
+        runner = _run_inline if run.is_process_local else _run_on_ray
+        _, failures = runner(stage, todo, bar)
+    else:
+        failures = {}
+    bar.close()
+
+    stats = merged_task_stats(run, name, ids)
+    result = StageResult(name, stats, len(tasks), len(tasks) - len(todo), failures=failures)
+    if failures:
+        for task_id, error in failures.items():
+            run.write_json(run.failure_path(name, task_id), {"task": task_id, "error": error})
+        _write_stats(run, name, stats, result, time.perf_counter() - wall)
+        raise StageFailed(name, failures)
+
+    stage.finalize(stats)
+    _write_stats(run, name, stats, result, time.perf_counter() - wall)
+    run.mark_done(name, STAGE_MARKER, {"tasks": len(tasks)})
+    print(
+        f"[{name}] {len(tasks)} tasks ({result.tasks_skipped} already done) {where} in "
+        f"{time.perf_counter() - wall:.1f}s: {stage.summary(stats)}",
+        file=sys.stderr,
+    )
+    return result
+
+
+def _write_stats(run: RunDir, name: str, stats: Stats, result: StageResult, wall: float) -> None:
+    body = {
+        "stage": name,
+        **stats.to_dict(),
+        "wall_seconds": round(wall, 3),
+        "tasks": result.tasks_total,
+        "tasks_skipped": result.tasks_skipped,
+        "failed_tasks": result.failures,
+    }
+    run.write_json(run.stats_path(name), body)

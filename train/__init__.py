@@ -1,0 +1,1 @@
+"""webclip train package."""
