@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from crawl.download_config import DownloadConfig
 from pipeline.section import Section
+
+__all__ = ["BalanceConfig", "DownloadConfig", "ExtractConfig", "MatchConfig", "VocabConfig"]
 
 
 class VocabConfig(Section):
@@ -19,7 +22,3 @@ class MatchConfig(Section):
 
 class BalanceConfig(Section):
     """Per-entry balancing of matched pairs."""
-
-
-class DownloadConfig(Section):
-    """Downloading the curated list into WebDataset shards."""

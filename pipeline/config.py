@@ -16,15 +16,14 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+# Each stage package owns its section's schema; these modules hold only pydantic models.
+from crawl.config import BalanceConfig, DownloadConfig, ExtractConfig, MatchConfig, VocabConfig
+from dedup.config import AuditConfig, DedupConfig
+from eval.config import EvalConfig
 from pipeline.errors import ConfigError
 from pipeline.evalsets_spec import EvalSetSpec
 from pipeline.section import Section
-
-# Each stage package owns its section's schema; these modules hold only pydantic models.
-from crawl.config import BalanceConfig, DownloadConfig, ExtractConfig, MatchConfig, VocabConfig  # noqa: E402
-from dedup.config import AuditConfig, DedupConfig  # noqa: E402
-from eval.config import EvalConfig  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
+from train.config import TrainConfig
 
 STAGE_ORDER = ("vocab", "extract", "match", "balance", "download", "dedup", "train", "eval", "audit")
 StageName = Literal["vocab", "extract", "match", "balance", "download", "dedup", "train", "eval", "audit"]

@@ -158,13 +158,14 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
         raise ValueError(f"stage {name!r} produced duplicate task ids")
     done = run.done_tasks(name) if not force else set()
     todo = [t for t in tasks if t.id not in done]
-    where = "in-process (process-local filesystem)" if run.is_process_local else "on Ray"
+    inline = run.is_process_local or stage.in_driver
+    where = "in the driver process" if inline else "on Ray"
     bar = tqdm(
         total=len(tasks), initial=len(tasks) - len(todo), desc=f"[{name}] tasks", unit="task",
         disable=not progress, file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
     )
     if todo:
-        runner = _run_inline if run.is_process_local else _run_on_ray
+        runner = _run_inline if inline else _run_on_ray
         _, failures = runner(stage, todo, bar)
     else:
         failures = {}

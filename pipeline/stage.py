@@ -31,6 +31,9 @@ class Stage:
     name: ClassVar[str] = ""
     #: Whether a whole-stage completion marker makes `webclip run` skip the stage on rerun.
     resumable: ClassVar[bool] = True
+    #: Run tasks in the driver process instead of Ray workers: for a stage whose one task launches
+    #: its own distributed program (train runs `deepspeed`) or needs the driver's terminal.
+    in_driver: ClassVar[bool] = False
 
     def __init__(self, config: WebclipConfig, run: RunDir):
         self.config = config
