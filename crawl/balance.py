@@ -1,0 +1,192 @@
+"""``webclip balance``: per-entry balancing of matched pairs → ``<run>/curated/part-*.parquet``.
+
+Entry ``i`` with global count ``cᵢ`` (``match/counts.parquet``) gets ``pᵢ = min(1, t / cᵢ)``; a row
+with matched entries E is kept when, for some ``i ∈ E``, ``u(uid, i, seed) < pᵢ``, with ``u`` a hash
+of (uid, entry_id, seed) mapped to [0, 1) (:func:`crawl.uid.pair_uniform`). The draws are
+independent per entry, so a row is kept with probability 1 − ∏(1 − pᵢ) (MetaCLIP's
+``balance_sampling``), and the decision depends on nothing but the row and the seed: the same
+output for any number of workers, task split or order.
+
+Before sampling the expected curated size is printed; after it, ``balance/entry_counts.parquet``
+(entry_id, entry, count_before, count_after) and ``balance/longtail.png`` (log-log, before vs after).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crawl.entries import load_entries
+from crawl.uid import pair_uniform, uid_to_u64
+from pipeline.errors import ConfigError
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+ENTRY_COUNTS = "balance/entry_counts.parquet"
+LONGTAIL_PNG = "balance/longtail.png"
+PART_COUNTS = "balance/_counts"
+
+
+def entry_probabilities(counts: pa.Table, t: int) -> np.ndarray:
+    """``p[entry_id] = min(1, t / count)`` (1 for entries never seen), indexed by entry id."""
+    ids = counts.column("entry_id").to_numpy().astype(np.int64)
+    c = counts.column("count").to_numpy().astype(np.float64)
+    p = np.ones(int(ids.max(initial=-1)) + 1, np.float64)
+    with np.errstate(divide="ignore"):
+        p[ids] = np.minimum(1.0, np.where(c > 0, t / np.maximum(c, 1), 1.0))
+    return p
+
+
+def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, p: np.ndarray, seed: int) -> np.ndarray:
+    """Which rows balancing keeps (vectorised; rows without entries are never kept)."""
+    if isinstance(entry_ids, pa.ChunkedArray):
+        entry_ids = entry_ids.combine_chunks()
+    n = len(entry_ids)
+    if n == 0:
+        return np.zeros(0, bool)
+    flat = entry_ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = entry_ids.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    parent = np.repeat(np.arange(n), lengths)
+    u = pair_uniform(uid_to_u64(uids)[parent], flat, seed)
+    hit = u < p[flat]
+    # any() per row: count hits per row with bincount (handles empty lists)
+    return np.bincount(parent[hit], minlength=n) > 0
+
+
+def expected_keep(entry_ids: pa.ListArray, p: np.ndarray) -> float:
+    """Σ over rows of 1 − ∏(1 − pᵢ): the expected number of kept rows."""
+    if isinstance(entry_ids, pa.ChunkedArray):
+        entry_ids = entry_ids.combine_chunks()
+    n = len(entry_ids)
+    if n == 0:
+        return 0.0
+    flat = entry_ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    parent = np.repeat(np.arange(n), np.diff(entry_ids.offsets.to_numpy().astype(np.int64)))
+    with np.errstate(divide="ignore"):
+        log_miss = np.log1p(-np.minimum(p[flat], 1.0))
+    miss = np.exp(np.bincount(parent, weights=log_miss, minlength=n))
+    has = np.bincount(parent, minlength=n) > 0
+    return float(np.sum((1.0 - miss)[has]))
+
+
+class BalanceStage(Stage):
+    """Samples matched rows so each entry keeps about min(count, t) pairs, deterministically."""
+
+    name = "balance"
+
+    def check(self) -> None:
+        if not self.run.exists(self.run.MATCH_COUNTS):
+            raise ConfigError(
+                f"{self.run.full_url(self.run.MATCH_COUNTS)} is missing: run `webclip match` first"
+            )
+        self._p = entry_probabilities(self.run.read_parquet(self.run.MATCH_COUNTS), self.config.balance.t)
+        expected = sum(
+            expected_keep(self.run.read_parquet(f, columns=["entry_ids"]).column("entry_ids"), self._p)
+            for f in self._parts()
+        )
+        print(
+            f"[balance] t={self.config.balance.t:,}: expected curated size ≈ {expected:,.0f} rows",
+            file=sys.stderr,
+        )
+
+    def _parts(self) -> list[str]:
+        return self.run.glob("match/part-*.parquet")
+
+    def tasks(self) -> list[Task]:
+        return [Task(p.rsplit("/", 1)[-1].removesuffix(".parquet"), p) for p in self._parts()]
+
+    def _probabilities(self) -> np.ndarray:
+        p = getattr(self, "_p", None)
+        if p is None:
+            p = self._p = entry_probabilities(
+                self.run.read_parquet(self.run.MATCH_COUNTS), self.config.balance.t
+            )
+        return p
+
+    def process(self, task: Task, stats: Stats) -> None:
+        table = self.run.read_parquet(task.payload)
+        p = self._probabilities()
+        keep = keep_mask(table.column("uid"), table.column("entry_ids"), p, self.config.seed)
+        out = table.filter(pa.array(keep))
+        stats.inc("in", len(table))
+        stats.inc("out", len(out))
+        stats.drop("balanced_out", len(table) - len(out))
+        self.run.write_parquet(f"curated/{task.id}.parquet", out)
+        kept_ids = out.column("entry_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        kc = np.bincount(kept_ids.astype(np.int64), minlength=0)
+        nz = np.flatnonzero(kc)
+        self.run.write_parquet(
+            f"{PART_COUNTS}/{task.id}.parquet",
+            pa.table({"entry_id": nz.astype(np.int32), "count": kc[nz].astype(np.int64)}),
+        )
+
+    def finalize(self, stats: Stats) -> None:
+        before = self.run.read_parquet(self.run.MATCH_COUNTS)
+        ids = before.column("entry_id").to_numpy().astype(np.int64)
+        after = np.zeros(int(ids.max(initial=-1)) + 1, np.int64)
+        for t in self.tasks():
+            part = self.run.read_parquet(f"{PART_COUNTS}/{t.id}.parquet")
+            np.add.at(
+                after, part.column("entry_id").to_numpy().astype(np.int64), part.column("count").to_numpy()
+            )
+        names = self._entry_names(ids)
+        table = pa.table(
+            {
+                "entry_id": before.column("entry_id"),
+                "entry": pa.array(names, pa.string()),
+                "count_before": before.column("count"),
+                "count_after": pa.array(after[ids], pa.int64()),
+            }
+        )
+        self.run.write_parquet(ENTRY_COUNTS, table)
+        if self.config.balance.plot:
+            self.run.write_bytes(LONGTAIL_PNG, longtail_png(table, self.config.balance.t))
+        capped = int(pc.sum(pc.greater(table["count_before"], self.config.balance.t)).as_py() or 0)
+        stats.inc("entries_over_t", capped)
+        print(
+            f"[balance] kept {stats.counts['out']:,} of {stats.counts['in']:,} rows; {capped:,} entries had "
+            f"more than t={self.config.balance.t:,} matches",
+            file=sys.stderr,
+        )
+
+    def _entry_names(self, ids: np.ndarray) -> list[str | None]:
+        url = self.config.match.entries or self.run.full_url(self.run.VOCAB_ENTRIES)
+        try:
+            eids, entries = load_entries(url, "match.entries")
+        except ConfigError:
+            return [None] * len(ids)
+        by_id = dict(zip(eids, entries, strict=True))
+        return [by_id.get(int(i)) for i in ids]
+
+
+def longtail_png(table: pa.Table, t: int) -> bytes:
+    """Log-log plot of per-entry counts before and after balancing (entries ranked by count before)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before = table.column("count_before").to_numpy()
+    after = table.column("count_after").to_numpy()
+    order = np.argsort(-before, kind="stable")
+    before, after = before[order], after[order]
+    nz = before > 0
+    rank = np.arange(1, int(nz.sum()) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.loglog(rank, before[nz], label="matched (before)", lw=1.5)
+    ax.loglog(rank, np.maximum(after[nz], 0.8), label="curated (after)", lw=1.5)
+    ax.axhline(t, color="grey", ls="--", lw=1, label=f"t = {t:,}")
+    ax.set_xlabel("entry rank (by matched count)")
+    ax.set_ylabel("pairs per entry")
+    ax.set_title("Per-entry pair counts before and after balancing")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

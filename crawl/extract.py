@@ -1,0 +1,110 @@
+"""``webclip extract``: candidate (image URL, text) pairs → ``<run>/pool/part-*.parquet``.
+
+One task per input file (``extract.inputs``: WARC, WAT, parquet, jsonl, csv, tsv; globs and fsspec
+URLs allowed), run in parallel on Ray. Each task writes ``pool/part-<input>-<file>-<k>.parquet``
+(uid, url, text, page_url, source), at most ``rows_per_part`` rows each. Exact duplicates of
+(url, text) are dropped within a task, then across tasks in :meth:`ExtractStage.finalize` (the
+first occurrence in task order is kept), so the pool holds each uid once.
+
+Counts: ``candidates = out + Σ pair drops`` (empty_alt, alt_too_long, non_utf8, not_http, duplicate);
+``malformed_record`` counts broken records of the inputs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pyarrow as pa
+
+from crawl.config import ExtractInput
+from crawl.pairs import PairSink
+from crawl.paths import expand
+from pipeline.errors import ConfigError
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+
+class ExtractStage(Stage):
+    """Extracts candidate pairs from crawls and tabular pools into the pool."""
+
+    name = "extract"
+
+    def validate(self) -> None:
+        if not self.config.extract.inputs:
+            raise ConfigError(
+                "extract.inputs is empty; add at least one input, e.g. "
+                "{path: 'crawl/*.warc.gz', kind: warc} or {path: cc3m.tsv, kind: tsv, header: false, "
+                "text_column: '0', url_column: '1'}"
+            )
+        for i, spec in enumerate(self.config.extract.inputs):
+            expand(spec.path, f"extract.inputs[{i}].path")
+
+    def check(self) -> None:
+        self.validate()
+
+    def tasks(self) -> list[Task]:
+        tasks = []
+        for i, spec in enumerate(self.config.extract.inputs):
+            for j, url in enumerate(expand(spec.path, f"extract.inputs[{i}].path")):
+                tasks.append(Task(f"{i:02d}-{j:05d}", (i, url)))
+        return tasks
+
+    def process(self, task: Task, stats: Stats) -> None:
+        i, url = task.payload
+        cfg = self.config.extract
+        spec: ExtractInput = cfg.inputs[i]
+        sink = PairSink(stats, spec.source or spec.kind, cfg.min_text_chars, cfg.max_text_chars)
+        if spec.kind == "warc":
+            from crawl.warc import read_warc
+
+            read_warc(url, sink, stats, cfg.use_title)
+        elif spec.kind == "wat":
+            from crawl.warc import read_wat
+
+            read_wat(url, sink, stats)
+        else:
+            from crawl.pools import read_pool
+
+            read_pool(url, spec, sink, stats)
+        stats.inc("files")
+        n, step = len(sink), cfg.rows_per_part
+        for k, start in enumerate(range(0, max(n, 1), step)):
+            # An input without pairs still writes an empty part, so every finished task has output.
+            self.run.write_parquet(f"pool/part-{task.id}-{k:03d}.parquet", sink.table(start, start + step))
+
+    def finalize(self, stats: Stats) -> None:
+        """Drop (url, text) duplicates across tasks, keeping the first in part order."""
+        parts = self.run.glob("pool/part-*.parquet")
+        seen: set[str] = set()
+        removed = 0
+        for part in parts:
+            uids = self.run.read_parquet(part, columns=["uid"]).column("uid").to_pylist()
+            keep = []
+            for u in uids:
+                keep.append(u not in seen)
+                seen.add(u)
+            dups = len(keep) - sum(keep)
+            if dups:
+                table = self.run.read_parquet(part).filter(pa.array(keep))
+                self.run.write_parquet(part, table)
+                removed += dups
+        if removed:
+            stats.drop("duplicate", removed)
+            stats.counts["out"] -= removed
+        stats.inc("pool_rows", len(seen))
+        print(
+            f"[extract] pool: {len(seen):,} unique pairs in {len(parts)} parts "
+            f"({removed:,} cross-file duplicates removed)",
+            file=sys.stderr,
+        )
+
+    def summary(self, stats: Stats) -> str:
+        return stats.summary()
+
+
+def pool_row_count(run, pattern: str = "pool/part-*.parquet") -> int:
+    """Total rows of the pool (for reconciliation checks)."""
+    return sum(run.read_parquet(p, columns=["uid"]).num_rows for p in run.glob(pattern))
+
+
+__all__ = ["ExtractStage", "pool_row_count"]

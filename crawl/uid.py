@@ -1,0 +1,66 @@
+"""Stable identifiers and deterministic per-(row, entry) coin flips.
+
+``uid`` is the hex XXH3-128 of ``url + "\\x00" + text`` (UTF-8): the same pair has the same uid on
+every machine, run and Python version. Balancing turns ``(uid, entry_id, seed)`` into a uniform
+number in [0, 1) with a vectorised SplitMix64 mix, so a row's fate never depends on which worker
+sees it or in which order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+UID_HEX_CHARS = 32
+
+
+def make_uid(url: str, text: str) -> str:
+    """The stable uid of an (image URL, text) pair: 32 hex characters."""
+    return xxhash.xxh3_128_hexdigest(f"{url}\x00{text}".encode("utf-8", "surrogatepass"))
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
+
+
+def uid_to_u64(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The first 64 bits of each uid as uint64 (vectorised for 32-hex uids; hashed otherwise)."""
+    if isinstance(uids, pa.ChunkedArray):
+        uids = uids.combine_chunks() if uids.num_chunks != 1 else uids.chunk(0)
+    uids = uids.cast(pa.string())
+    n = len(uids)
+    if n == 0:
+        return np.empty(0, np.uint64)
+    offsets = np.frombuffer(uids.buffers()[1], np.int32, count=n + 1, offset=uids.offset * 4)
+    if uids.null_count == 0 and np.all(np.diff(offsets) == UID_HEX_CHARS):
+        raw = np.frombuffer(uids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(n, UID_HEX_CHARS)
+        nib = _HEX[raw[:, :16]]
+        if not (nib == 255).any():
+            out = np.zeros(n, np.uint64)
+            for k in range(16):  # 16 nibbles, most significant first
+                out = (out << np.uint64(4)) | nib[:, k].astype(np.uint64)
+            return out
+    # Foreign uids (any string): hash them, still deterministic.
+    return np.array([xxhash.xxh3_64_intdigest((u or "").encode()) for u in uids.to_pylist()], np.uint64)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser over a uint64 array (wrapping arithmetic)."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def pair_uniform(uid64: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) for each (uid, entry_id) under ``seed``: deterministic and independent."""
+    e = splitmix64(entry_ids.astype(np.uint64) ^ splitmix64(np.full(1, seed, np.uint64)))
+    h = splitmix64(uid64 ^ e)
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
