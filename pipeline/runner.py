@@ -73,6 +73,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_
     if not has_cluster:
         # Only an embedded instance takes these; ray.init refuses them when connecting.
         kwargs.update(num_cpus=num_cpus, include_dashboard=include_dashboard)
+        # An embedded, one-machine Ray has no reason to listen beyond loopback; Ray binds its node
+        # to the loopback address when "cluster mode" is off (the variable's name is Ray's own).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         ray.init(**kwargs)
     except ValueError:
