@@ -1,0 +1,331 @@
+"""``DedupStage`` (``webclip dedup``): hash shards and eval sets in tasks, then search, verify and write clean shards.
+
+Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet`` and
+``<run>/evalsets/<name>/hashes.parquet``. :meth:`DedupStage.finalize` then, on the driver:
+
+1. finds byte-identical (sha256) and near-identical (pHash ``<= dedup.pool_tau``, verified)
+   training images inside the pool and marks all but the first copy;
+2. searches every training view hash against every eval view hash at ``<= tau`` (exact
+   multi-index hashing, :mod:`dedup.search`), keeps the closest view pair per (train, eval) image;
+3. verifies each candidate with the correlation of the two aligned 32×32 thumbnails
+   (:mod:`dedup.verify`) and writes ``<run>/dedup/overlaps.parquet`` with both scores;
+4. writes ``<run>/clean/NNNNN.{tar,parquet}`` and ``clean/sizes.json`` and the reconciliation
+   ``<run>/dedup/summary.json`` (downloaded = clean + removed by reason).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from dedup.hashing import TRAIN_VIEWS, hash_evalset, hash_training_samples, zoom_views
+from dedup.search import search_pairs
+from dedup.shards import TarSink, iter_samples
+from dedup.verify import train_view_thumbs, verify_pairs
+from pipeline.errors import ConfigError
+from pipeline.evalsets import open_evalset
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+#: Why a downloaded sample is not in the clean shards, in order of precedence.
+REASONS = ("no_image", "undecodable", "eval_overlap", "exact_dup", "near_dup")
+
+
+class DedupStage(Stage):
+    """Perceptual-hash deduplication of the downloaded shards against the evaluation sets."""
+
+    name = "dedup"
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        names = {s.name for s in self.config.evalsets}
+        unknown = sorted(set(self.config.dedup.per_set) - names)
+        if unknown:
+            raise ConfigError(
+                f"dedup.per_set names eval sets {unknown} that are not in `evalsets:` ({sorted(names) or 'none'}); "
+                "use the `name` of an entry of `evalsets:`"
+            )
+        if len(names) != len(self.config.evalsets):
+            raise ConfigError("evalsets: two entries share a name; give each eval set a unique `name`")
+
+    def check(self) -> None:
+        self.validate()
+        if not self.run.glob("shards/*.tar"):
+            raise ConfigError(
+                f"dedup: no shards in {self.run.full_url('shards')}; run `webclip download` first "
+                "(or point --run at a run that has <run>/shards/NNNNN.tar)"
+            )
+        for spec in self.config.evalsets:
+            open_evalset(spec)  # fails now, with the set's name, rather than inside a task
+
+    def tasks(self) -> list[Task]:
+        shards = [Task(f"shard-{_stem(p)}", ("shard", p)) for p in self.run.glob("shards/*.tar")]
+        evals = [Task(f"eval-{s.name}", ("eval", s.name)) for s in self.config.evalsets]
+        return evals + shards
+
+    # ------------------------------------------------------------------- tasks
+    def process(self, task: Task, stats: Stats) -> None:
+        kind, arg = task.payload
+        cfg = self.config.dedup
+        if kind == "shard":
+            shard = _stem(arg)
+            table = hash_training_samples(iter_samples(self.run, arg), shard, cfg.batch_size, stats)
+            self.run.write_parquet(f"hashes/{shard}.parquet", table)
+        else:
+            spec = next(s for s in self.config.evalsets if s.name == arg)
+            table = hash_evalset(open_evalset(spec), tuple(cfg.eval_zooms), cfg.batch_size, stats)
+            self.run.write_parquet(f"evalsets/{spec.name}/hashes.parquet", table)
+
+    # ---------------------------------------------------------------- finalize
+    def finalize(self, stats: Stats) -> None:
+        cfg = self.config.dedup
+        shard_names = [_stem(p) for p in self.run.glob("shards/*.tar")]
+        train = pa.concat_tables([self.run.read_parquet(f"hashes/{s}.parquet") for s in shard_names])
+        n = train.num_rows
+        status = train.column("status").to_pylist()
+        reason: list[str | None] = [
+            None if s == "ok" else ("no_image" if s == "no_image" else "undecodable") for s in status
+        ]
+        ok = np.array([r is None for r in reason])
+        ph = _u64(train.column("phash"))
+        ph_trim = _u64(train.column("phash_trim"))
+
+        # --- eval overlaps: every (train view, eval view) pair within tau
+        overlap_tables, per_set = [], {}
+        needed: dict[int, set[str]] = {}
+        candidates = []
+        for spec in self.config.evalsets:
+            ev = self.run.read_parquet(f"evalsets/{spec.name}/hashes.parquet")
+            tau, thr = cfg.thresholds(spec.name)
+            pairs = _eval_candidates(ph, ph_trim, ok, ev, tau, tuple(cfg.eval_zooms))
+            candidates.append((spec, ev, tau, thr, pairs))
+            for ti, tv in zip(pairs["train_row"], pairs["train_view"], strict=True):
+                needed.setdefault(int(ti), set()).add(tv)
+
+        # --- pool near duplicates (pHash within pool_tau of an earlier image, then verified)
+        near_pairs = np.zeros((0, 3), np.int64)
+        if cfg.pool_tau is not None:
+            idx = np.flatnonzero(ok)
+            q, d, dist = search_pairs(ph[idx], ph[idx], cfg.pool_tau)
+            later = q > d  # pair (later, earlier): the later copy is the one removed
+            near_pairs = np.stack([idx[q[later]], idx[d[later]], dist[later]], axis=1)
+            for a, b in near_pairs[:, :2]:
+                needed.setdefault(int(a), set()).add("phash")
+                needed.setdefault(int(b), set()).add("phash")
+
+        # Re-read the candidates' training images from the shards (only shards that hold some).
+        thumbs, meta = train_view_thumbs(self.run, train, needed)
+
+        # --- exact duplicates: later copies of the same sha256
+        if cfg.exact_dups:
+            first_seen: dict[str, int] = {}
+            sha = train.column("sha256").to_pylist()
+            for i in range(n):
+                if ok[i] and sha[i] is not None:
+                    if sha[i] in first_seen:
+                        reason[i] = reason[i] or "exact_dup"
+                    else:
+                        first_seen[sha[i]] = i
+
+        keys, shards_col, uids = (train.column(c).to_pylist() for c in ("key", "shard", "uid"))
+        for spec, ev, tau, thr, pairs in candidates:
+            table = verify_pairs(spec.name, pairs, ev, thumbs, thr)
+            m = [meta.get(int(i), {}) for i in pairs["train_row"]]
+            rows = pairs["train_row"]
+            table = table.append_column("uid", pa.array([uids[i] for i in rows], pa.string()))
+            table = table.append_column("shard", pa.array([shards_col[i] for i in rows], pa.string()))
+            table = table.append_column("key", pa.array([keys[i] for i in rows], pa.string()))
+            table = table.append_column("url", pa.array([x.get("url") for x in m], pa.string()))
+            table = table.append_column("text", pa.array([x.get("caption") for x in m], pa.string()))
+            table = table.append_column(
+                "entry_ids", pa.array([x.get("entry_ids") for x in m], pa.list_(pa.int32()))
+            )
+            overlap_tables.append(table)
+            confirmed = table.column("confirmed").to_numpy(zero_copy_only=False)
+            for i in np.asarray(rows)[confirmed]:
+                if reason[int(i)] in (None, "exact_dup", "near_dup"):
+                    reason[int(i)] = "eval_overlap"
+            n_eval = int(pc.sum(pc.equal(ev.column("status"), "ok")).as_py() or 0)
+            eval_hit = pc.filter(table.column("eval_id"), table.column("confirmed"))
+            per_set[spec.name] = {
+                "eval_images": ev.num_rows,
+                "eval_hashed": n_eval,
+                "tau": tau,
+                "verify_threshold": thr,
+                "candidate_pairs": table.num_rows,
+                "confirmed_pairs": int(np.sum(confirmed)),
+                "eval_images_overlapping": len(set(eval_hit.to_pylist())),
+                "overlap_rate": round(len(set(eval_hit.to_pylist())) / max(n_eval, 1), 6),
+            }
+        overlaps = (pa.concat_tables(overlap_tables) if overlap_tables else _empty_overlaps()).sort_by(
+            [
+                ("eval_set", "ascending"),
+                ("eval_id", "ascending"),
+                ("shard", "ascending"),
+                ("key", "ascending"),
+            ]
+        )
+        self.run.write_parquet("dedup/overlaps.parquet", overlaps)
+
+        # --- pool near duplicates, verified with the same thumbnail correlation
+        pool_rows = self._pool_near_dups(near_pairs, thumbs, reason, train, sha_exact=cfg.exact_dups)
+        self.run.write_parquet("dedup/pool_duplicates.parquet", pool_rows)
+
+        # --- clean shards
+        self._write_clean(shard_names, train, reason, stats)
+        removed = Counter(r for r in reason if r)
+        summary = {
+            "mode": cfg.mode,
+            "downloaded": n,
+            "clean": stats.counts["clean"],
+            "removed": dict(sorted(removed.items())) if cfg.mode == "remove" else {},
+            "flagged": dict(sorted(removed.items())),
+            "eval_sets": per_set,
+            "reconciles": n == stats.counts["clean"] + (sum(removed.values()) if cfg.mode == "remove" else 0),
+        }
+        self.run.write_json("dedup/summary.json", summary)
+        if not summary["reconciles"]:
+            raise RuntimeError(f"dedup counts do not reconcile: {summary}")
+        stats.inc("downloaded", n)
+        for r, k in removed.items():
+            stats.inc(f"flagged_{r}", k)
+        for name, s in per_set.items():
+            print(
+                f"[dedup] {name}: {s['eval_images_overlapping']}/{s['eval_hashed']} eval images overlap "
+                f"({100 * s['overlap_rate']:.2f}%), {s['confirmed_pairs']} of {s['candidate_pairs']} candidates confirmed",
+                file=sys.stderr,
+            )
+
+    def _pool_near_dups(self, pairs, thumbs, reason, train, sha_exact: bool) -> pa.Table:
+        from dedup.phash import correlation
+
+        cfg = self.config.dedup
+        keep_rows = []
+        if len(pairs):
+            a = np.stack([thumbs[(int(i), "phash")] for i in pairs[:, 0]])
+            b = np.stack([thumbs[(int(j), "phash")] for j in pairs[:, 1]])
+            score = correlation(a, b)
+            for (i, j, dist), s in zip(pairs, score, strict=True):
+                kind = "exact" if sha_exact and reason[int(i)] == "exact_dup" else "near"
+                confirmed = bool(s >= cfg.pool_verify_threshold)
+                if kind == "near" and confirmed and reason[int(i)] is None:
+                    reason[int(i)] = "near_dup"
+                keep_rows.append((int(i), int(j), int(dist), float(s), confirmed, kind))
+        cols = list(zip(*keep_rows, strict=True)) if keep_rows else [[]] * 6
+        key, uid, shard = (train.column(c).to_pylist() for c in ("key", "uid", "shard"))
+        return pa.table(
+            {
+                "uid": pa.array([uid[i] for i in cols[0]], pa.string()),
+                "shard": pa.array([shard[i] for i in cols[0]], pa.string()),
+                "key": pa.array([key[i] for i in cols[0]], pa.string()),
+                "dup_of_uid": pa.array([uid[j] for j in cols[1]], pa.string()),
+                "dup_of_shard": pa.array([shard[j] for j in cols[1]], pa.string()),
+                "dup_of_key": pa.array([key[j] for j in cols[1]], pa.string()),
+                "distance": pa.array(cols[2], pa.int16()),
+                "verify_score": pa.array(cols[3], pa.float32()),
+                "confirmed": pa.array(cols[4], pa.bool_()),
+                "kind": pa.array(cols[5], pa.string()),
+            }
+        )
+
+    def _write_clean(self, shard_names: list[str], train: pa.Table, reason: list, stats: Stats) -> None:
+        mode = self.config.dedup.mode
+        by_key = {
+            (s, k): r
+            for s, k, r in zip(
+                train.column("shard").to_pylist(), train.column("key").to_pylist(), reason, strict=True
+            )
+        }
+        sizes = {}
+        for shard in tqdm(
+            shard_names, desc="[dedup] clean shards", unit="shard", file=sys.stderr, mininterval=0.5
+        ):
+            sink, kept_keys = TarSink(), []
+            for sample in iter_samples(self.run, f"shards/{shard}.tar"):
+                r = by_key.get((shard, sample.key))
+                if mode == "remove" and r is not None:
+                    continue
+                sink.add(sample)
+                kept_keys.append(sample.key)
+            self.run.write_bytes(f"clean/{shard}.tar", sink.finish())
+            sizes[shard] = sink.count
+            stats.inc("clean", sink.count)
+            self.run.write_parquet(f"clean/{shard}.parquet", self._clean_table(shard, kept_keys, by_key))
+        self.run.write_json("clean/sizes.json", sizes)
+
+    def _clean_table(self, shard: str, kept: list[str], by_key: dict) -> pa.Table:
+        """Rows of the input shard parquet for the samples in the clean tar, plus ``dedup_reason``."""
+        order = {k: i for i, k in enumerate(kept)}
+        reasons = pa.array([by_key.get((shard, k)) for k in kept], pa.string())
+        rel = f"shards/{shard}.parquet"
+        if not self.run.exists(rel):
+            return pa.table({"key": pa.array(kept, pa.string()), "dedup_reason": reasons})
+        src = self.run.read_parquet(rel)
+        src = src.filter(pc.is_in(src.column("key").cast(pa.string()), pa.array(kept, pa.string())))
+        idx = np.argsort([order[k] for k in src.column("key").cast(pa.string()).to_pylist()], kind="stable")
+        src = src.take(pa.array(idx))
+        rs = pa.array(
+            [by_key.get((shard, k)) for k in src.column("key").cast(pa.string()).to_pylist()], pa.string()
+        )
+        return src.append_column("dedup_reason", rs)
+
+    def summary(self, stats: Stats) -> str:
+        c = stats.counts
+        return f"downloaded={c['downloaded']:,} hashed={c['hashed']:,} clean={c['clean']:,} " + " ".join(
+            f"{k}={v:,}" for k, v in sorted(c.items()) if k.startswith("flagged_")
+        )
+
+
+def _stem(rel: str) -> str:
+    return rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def _u64(col: pa.ChunkedArray) -> np.ndarray:
+    return col.fill_null(0).to_numpy().astype(np.uint64)
+
+
+def _eval_candidates(
+    ph, ph_trim, ok, ev: pa.Table, tau: int, zooms: tuple[float, ...]
+) -> dict[str, np.ndarray]:
+    """Closest view pair per (train row, eval row) among all pairs of views within ``tau``."""
+    eval_views = ["phash", "trim", *zoom_views(zooms)]
+    ev_ok = np.array([s == "ok" for s in ev.column("status").to_pylist()], bool)
+    e_rows, e_views, e_hash = [], [], []
+    for vi, v in enumerate(eval_views):
+        col = "phash" if v == "phash" else f"phash_{v}"
+        rows = np.flatnonzero(ev_ok)
+        e_rows.append(rows)
+        e_views.append(np.full(len(rows), vi))
+        e_hash.append(_u64(ev.column(col))[rows])
+    e_rows, e_views, e_hash = np.concatenate(e_rows), np.concatenate(e_views), np.concatenate(e_hash)
+    t_idx = np.flatnonzero(ok)
+    # The trim view only differs from phash for trimmed images; search it only there.
+    t_trim = t_idx[ph_trim[t_idx] != ph[t_idx]]
+    t_rows = np.concatenate([t_idx, t_trim])
+    t_views = np.concatenate([np.zeros(len(t_idx), int), np.ones(len(t_trim), int)])
+    t_hash = np.concatenate([ph[t_idx], ph_trim[t_trim]])
+    q, d, dist = search_pairs(t_hash, e_hash, tau)
+    tr, er, tv, evw = t_rows[q], e_rows[d], t_views[q], e_views[d]
+    # Closest view pair per (train, eval): sort by (train, eval, distance, views) and keep the first.
+    order = np.lexsort((evw, tv, dist, er, tr))
+    tr, er, tv, evw, dist = tr[order], er[order], tv[order], evw[order], dist[order]
+    first = np.ones(len(tr), bool)
+    first[1:] = (tr[1:] != tr[:-1]) | (er[1:] != er[:-1])
+    return {
+        "train_row": tr[first],
+        "eval_row": er[first],
+        "train_view": np.array([TRAIN_VIEWS[i] for i in tv[first]], dtype=object),
+        "eval_view": np.array([eval_views[i] for i in evw[first]], dtype=object),
+        "distance": dist[first],
+    }
+
+
+def _empty_overlaps() -> pa.Table:
+    from dedup.verify import empty_overlaps
+
+    return empty_overlaps()

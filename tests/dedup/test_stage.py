@@ -1,0 +1,105 @@
+"""DedupStage on real shards and real eval sets, through the pipeline runner on local Ray."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from dedup.stage import DedupStage
+from pipeline.errors import ConfigError
+from pipeline.rundir import RunDir
+from pipeline.runner import run_stage
+from tests.dedup.conftest import build_training_shards, evalset_specs
+
+
+def _run(make_config, tmp_path, overrides, *extra):
+    cfg = make_config(*overrides, *extra, run=str(tmp_path / "run"))
+    run = RunDir(cfg.run)
+    return cfg, run
+
+
+@pytest.fixture(scope="module")
+def dedup_run(tmp_path_factory, shared_data, ray_local):
+    from pipeline.config import load_config
+
+    tmp = tmp_path_factory.mktemp("dedup")
+    cfg = load_config(None, ["ray.num_cpus=2", *evalset_specs(shared_data)], str(tmp / "run"))
+    run = RunDir(cfg.run)
+    expect = build_training_shards(tmp / "run", shared_data)
+    result = run_stage(DedupStage(cfg, run), progress=False)
+    return cfg, run, expect, result
+
+
+def test_overlaps_are_found_verified_and_removed(dedup_run):
+    cfg, run, expect, _ = dedup_run
+    ov = pq.read_table(run.path("dedup/overlaps.parquet")).to_pylist()
+    confirmed = {(r["eval_set"], r["key"]): r for r in ov if r["confirmed"]}
+    for key, eval_id in zip(expect["cifar"], ("000003", "000017", "000042"), strict=True):
+        row = confirmed[("cifar10", key)]
+        assert row["eval_id"] == eval_id and row["verify_score"] >= cfg.dedup.verify_threshold
+        assert (
+            row["url"].endswith(f"{key}.jpg")
+            and row["entry_ids"] == [1]
+            and row["text"].startswith("a photo")
+        )
+    for key, eval_id in zip(expect["mnist"], ("000000", "000001"), strict=True):
+        assert confirmed[("mnist", key)]["eval_id"] == eval_id
+    border = confirmed[("cifar10", expect["bordered"][0])]
+    assert border["eval_id"] == "000005" and border["train_view"] == "trim"
+    assert not any(r["key"] in expect["clean"] for r in confirmed.values())
+
+    summary = run.read_json("dedup/summary.json")
+    assert summary["reconciles"] and summary["downloaded"] == sum(len(v) for v in expect.values())
+    assert summary["removed"] == {"eval_overlap": 6, "exact_dup": 1, "undecodable": 1}
+    assert summary["eval_sets"]["cifar10"]["eval_images_overlapping"] == 4
+    assert summary["eval_sets"]["cifar10"]["overlap_rate"] == pytest.approx(4 / 300, abs=1e-5)
+    stats = run.read_json("stats/dedup.json")
+    assert stats["counts"]["clean"] == summary["clean"] == len(expect["clean"])
+
+
+def test_clean_shards_read_with_webdataset_and_sizes_match(dedup_run):
+    _, run, expect, _ = dedup_run
+    sizes = run.read_json("clean/sizes.json")
+    assert set(sizes) == {"00000", "00001"}
+    keys = []
+    for shard, n in sizes.items():
+        samples = list(wds.WebDataset(run.path(f"clean/{shard}.tar"), shardshuffle=False).decode("pil"))
+        assert len(samples) == n
+        for s in samples:
+            assert s["jpg"].size[0] > 0 and s["json"]["uid"].startswith("u")
+        keys += [s["__key__"] for s in samples]
+        table = pq.read_table(run.path(f"clean/{shard}.parquet"))
+        assert table.column("key").to_pylist() == [s["__key__"] for s in samples]
+        assert table.column("dedup_reason").null_count == table.num_rows
+    assert sorted(keys) == sorted(expect["clean"])
+    hashes = pq.read_table(run.path("hashes/00000.parquet"))
+    assert {"uid", "key", "shard", "sha256", "phash", "phash_trim"} <= set(hashes.column_names)
+    assert str(hashes.schema.field("phash").type) == "uint64"
+    ev = pq.read_table(run.path("evalsets/cifar10/hashes.parquet"))
+    assert ev.num_rows == 300 and {"eval_id", "label", "sha256", "phash", "phash_zoom90"} <= set(
+        ev.column_names
+    )
+
+
+def test_report_mode_keeps_every_sample(tmp_path, make_config, shared_data, evalset_overrides, ray_local):
+    cfg, run = _run(make_config, tmp_path, evalset_overrides, "dedup.mode=report")
+    expect = build_training_shards(tmp_path / "run", shared_data)
+    run_stage(DedupStage(cfg, run), progress=False)
+    summary = run.read_json("dedup/summary.json")
+    assert summary["clean"] == summary["downloaded"] and summary["removed"] == {}
+    assert summary["flagged"]["eval_overlap"] == 6
+    reasons = {}
+    for shard in ("00000", "00001"):
+        t = pq.read_table(run.path(f"clean/{shard}.parquet"))
+        reasons.update(zip(t.column("key").to_pylist(), t.column("dedup_reason").to_pylist(), strict=True))
+    assert reasons[expect["cifar"][0]] == "eval_overlap" and reasons[expect["clean"][0]] is None
+
+
+def test_bad_config_and_missing_shards_are_config_errors(tmp_path, make_config, evalset_overrides):
+    cfg, run = _run(make_config, tmp_path, evalset_overrides, "dedup.per_set={cifar100: {tau: 4}}")
+    with pytest.raises(ConfigError, match="cifar100"):
+        DedupStage(cfg, run).validate()
+    cfg, run = _run(make_config, tmp_path, evalset_overrides)
+    with pytest.raises(ConfigError, match="webclip download"):
+        DedupStage(cfg, run).check()
