@@ -331,16 +331,40 @@ class CLIP(nn.Module):
         return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ self.text_projection
 
     def forward(
-        self, images: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, images: torch.Tensor, tokens: torch.Tensor, return_bias: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """``(image_features, text_features, logit_scale.exp())``, features L2-normalised.
+
+        ``return_bias=True`` appends the SigLIP logit bias (None without one); it is read inside
+        ``forward`` because ZeRO-3 only gathers a module's parameters while its forward runs.
+        """
         image_features = F.normalize(self.encode_image(images), dim=-1)
         text_features = F.normalize(self.encode_text(tokens), dim=-1)
+        if return_bias:
+            bias = self.logit_bias * 1.0 if self.logit_bias is not None else None
+            return image_features, text_features, self.logit_scale.exp(), bias
         return image_features, text_features, self.logit_scale.exp()
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Load a webclip or OpenAI state dict (OpenAI's non-tensor ``input_resolution`` etc. are dropped)."""
         state_dict = {k: v for k, v in state_dict.items() if k not in OPENAI_META_KEYS}
+        for key in ("logit_scale", "logit_bias"):  # [] in OpenAI's files, [1] in DeepSpeed checkpoints
+            own = getattr(self, key, None)
+            if key in state_dict and own is not None and state_dict[key].numel() == 1:
+                state_dict[key] = state_dict[key].reshape(own.shape)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def scalars_as_vectors(model: CLIP) -> CLIP:
+    """Give 0-dim parameters shape ``[1]`` in place: DeepSpeed's broadcast cannot view a 0-dim tensor.
+
+    Exports reshape them back to OpenAI's ``[]``.
+    """
+    for key in ("logit_scale", "logit_bias"):
+        p = getattr(model, key, None)
+        if p is not None and p.ndim == 0:
+            setattr(model, key, nn.Parameter(p.detach().reshape(1).clone()))
+    return model
 
 
 def build_model(name: str, **overrides: Any) -> CLIP:

@@ -1,0 +1,137 @@
+"""DeepSpeed helpers: the resolved engine config, AdamW groups, schedule, master-weight logit-scale clamp."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from train.config import TrainConfig
+
+NO_DECAY_NAMES = ("logit_scale", "logit_bias")
+
+
+def resolve_ds_config(path: str, tc: TrainConfig, log_dir: str) -> dict[str, Any]:
+    """Read the DeepSpeed JSON and fill in what the webclip config owns (batch, accumulation, clipping,
+    precision and stage overrides, monitors). The JSON owns the rest (ZeRO tuning, bucket sizes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"train.deepspeed_config: {path!r} does not exist; pass one of infra/deepspeed/*.json"
+        )
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch × accumulation × world
+    cfg["train_micro_batch_size_per_gpu"] = tc.batch_size
+    cfg["gradient_accumulation_steps"] = tc.grad_accum
+    cfg["gradient_clipping"] = tc.grad_clip
+    cfg["zero_allow_untested_optimizer"] = True
+    cfg.setdefault("steps_per_print", 10**9)  # webclip prints its own progress
+    cfg.setdefault("wall_clock_breakdown", False)
+    zero = cfg.setdefault("zero_optimization", {"stage": 0})
+    if tc.zero_stage is not None:
+        zero["stage"] = tc.zero_stage
+    if tc.precision != "auto":
+        for key in ("bf16", "fp16"):
+            cfg[key] = {**cfg.get(key, {}), "enabled": tc.precision == key}
+    cfg["tensorboard"] = {"enabled": True, "output_path": log_dir, "job_name": "tensorboard"}
+    cfg["csv_monitor"] = {"enabled": True, "output_path": log_dir, "job_name": "csv"}
+    return cfg
+
+
+def precision_of(ds_cfg: dict[str, Any]) -> str:
+    if ds_cfg.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if ds_cfg.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices/kernels only; none on gains, biases, embeddings' 1-d
+    vectors, the logit scale or bias (CLIP / open_clip practice)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "bn" in name or "ln" in name or name.endswith("bias") or name in NO_DECAY_NAMES:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, base_lr: float, min_lr: float) -> float:
+    """Multiplier of ``base_lr`` at optimizer step ``step`` (0-based): linear warmup, cosine to ``min_lr``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    lr = min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return lr / base_lr
+
+
+def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
+    """Clamp ``logit_scale`` to ``max_log_scale`` on the master (fp32) weights *and* the module's copy.
+
+    Clamping only the module's half-precision copy (EVA-CLIP) is undone at the next step, when the
+    optimizer copies its unclamped master back. Collective: every rank must call it.
+    """
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    p = engine.module.logit_scale
+    zero3 = hasattr(p, "ds_id")
+    if zero3 or hasattr(p, "_hp_mapping"):  # ZeRO 1/2/3 and the bf16 optimizer keep fp32 partitions
+        hp = safe_get_full_fp32_param(p)
+        if hp is not None:
+            safe_set_full_fp32_param(p, hp.clamp(max=max_log_scale))
+    opt = getattr(engine, "optimizer", None)
+    # fp16 without ZeRO: FP16_Optimizer keeps flat fp32 copies of its fp16 groups
+    flat = getattr(opt, "fp32_groups_flat", None)
+    if flat is not None and hasattr(opt, "fp16_groups") and not zero3:
+        for group, master in zip(opt.fp16_groups, flat, strict=False):
+            offset = 0
+            for q in group:
+                if q is p:
+                    master.data[offset : offset + q.numel()].clamp_(max=max_log_scale)
+                offset += q.numel()
+    if zero3:
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+            p.data.clamp_(max=max_log_scale)
+    else:
+        with torch.no_grad():
+            p.data.clamp_(max=max_log_scale)
+
+
+def full_fp32_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """The model's full fp32 state dict from the master weights (collective; every rank gets it)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = engine.module
+    sd: dict[str, torch.Tensor] = {}
+    for name, p in module.named_parameters():
+        hp = safe_get_full_fp32_param(p) if (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")) else None
+        if hp is None:
+            if hasattr(p, "ds_id"):
+                with deepspeed.zero.GatheredParameters([p]):
+                    hp = p.data.detach().float().clone()
+            else:
+                hp = p.detach().float().clone()
+        hp = hp.detach().cpu().float().clone()
+        sd[name] = hp.reshape(()) if name in NO_DECAY_NAMES else hp  # OpenAI keeps the scale 0-dim
+    for name, b in module.named_buffers():
+        b = b.detach().cpu().clone()
+        sd[name] = b.float() if b.is_floating_point() else b
+    order = list(module.state_dict(keep_vars=True).keys())  # the module's (= OpenAI's) key order
+    return {k: sd[k] for k in order if k in sd}
