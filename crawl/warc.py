@@ -98,9 +98,9 @@ def read_warc(url: str, sink: PairSink, stats: Stats, use_title: bool = True) ->
                 continue
             try:
                 block = rec.reader.read()
-            except Exception:
+            except Exception:  # e.g. EOFError from a gzip member cut short: the stream ends here
                 stats.drop("malformed_record")
-                continue
+                break
             if rec.content_length is not None and len(block) < rec.content_length:
                 stats.drop("malformed_record")  # clipped: the file ends inside this record
                 break

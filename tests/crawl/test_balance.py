@@ -1,0 +1,114 @@
+"""Balancing: identical for any task split and order; kept counts within bounds of min(count, t)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pyarrow as pa
+
+from crawl.balance import BalanceStage, expected_keep, keep_mask
+from crawl.uid import make_uid
+from pipeline.rundir import RunDir
+from pipeline.runner import run_stage
+
+
+def _rows(n: int, n_entries: int, seed: int, max_entries_per_row: int = 3) -> list[dict]:
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) ** 1.1 for i in range(n_entries)]  # a long tail, like real entry counts
+    rows = []
+    for i in range(n):
+        k = rng.randint(1, max_entries_per_row)
+        ids = sorted(set(rng.choices(range(n_entries), weights, k=k)))
+        url, text = f"https://img.example.org/{i}.jpg", f"caption {i}"
+        rows.append({"uid": make_uid(url, text), "url": url, "text": text, "entry_ids": ids})
+    return rows
+
+
+def _write_match(run: RunDir, rows: list[dict], n_parts: int, shuffle_seed: int | None) -> None:
+    rows = list(rows)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    schema = pa.schema(
+        [
+            ("uid", pa.string()),
+            ("url", pa.string()),
+            ("text", pa.string()),
+            ("entry_ids", pa.list_(pa.int32())),
+        ]
+    )
+    for k in range(n_parts):
+        part = rows[k::n_parts]
+        run.write_parquet(f"match/part-{k:05d}.parquet", pa.Table.from_pylist(part, schema=schema))
+    counts = np.bincount([e for r in rows for e in r["entry_ids"]], minlength=0)
+    run.write_parquet(
+        "match/counts.parquet",
+        pa.table(
+            {"entry_id": pa.array(range(len(counts)), pa.int32()), "count": pa.array(counts, pa.int64())}
+        ),
+    )
+
+
+def _curated(run: RunDir) -> list[tuple]:
+    return sorted(
+        (r["uid"], tuple(r["entry_ids"]))
+        for p in run.glob("curated/part-*.parquet")
+        for r in run.read_parquet(p).to_pylist()
+    )
+
+
+def test_same_output_for_any_split_and_order(tmp_path, make_config, ray_local):
+    rows = _rows(20_000, 60, seed=1)
+    outputs = []
+    for name, parts, shuffle in (("one", 1, None), ("four", 4, 7), ("seven", 7, 99)):
+        url = str(tmp_path / name) if name == "four" else f"memory://balance-{name}"  # "four": on Ray
+        cfg = make_config("balance.t=400", "seed=3", run=url)
+        run = RunDir(cfg.run)
+        _write_match(run, rows, parts, shuffle)
+        res = run_stage(BalanceStage(cfg, run), progress=False)
+        assert res.stats.counts["in"] == len(rows)
+        assert res.stats.counts["out"] + res.stats.dropped["balanced_out"] == len(rows)
+        outputs.append(_curated(run))
+        ec = run.read_parquet("balance/entry_counts.parquet")
+        assert ec.column_names == ["entry_id", "entry", "count_before", "count_after"]
+        assert run.read_bytes("balance/longtail.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert 0 < len(outputs[0]) < len(rows)
+    # another seed decides differently
+    cfg = make_config("balance.t=400", "seed=4", run="memory://balance-seed4")
+    run = RunDir(cfg.run)
+    _write_match(run, rows, 1, None)
+    run_stage(BalanceStage(cfg, run), progress=False)
+    assert _curated(run) != outputs[0]
+
+
+def test_kept_counts_within_bounds_of_min_count_t():
+    # One entry per row: entry e keeps Binomial(count_e, min(1, t / count_e)) rows.
+    t = 300
+    counts = [50, 299, 300, 301, 600, 1_000, 2_500, 5_000, 12_000]
+    ids, uids = [], []
+    for e, c in enumerate(counts):
+        for i in range(c):
+            ids.append([e])
+            uids.append(make_uid(f"https://x.org/{e}/{i}.jpg", "t"))
+    p = np.array([min(1.0, t / c) for c in counts])
+    entry_ids = pa.array(ids, pa.list_(pa.int32()))
+    keep = keep_mask(pa.array(uids), entry_ids, p, seed=0)
+    kept = np.bincount(np.array([i[0] for i in ids])[keep], minlength=len(counts))
+    for e, c in enumerate(counts):
+        if c <= t:
+            assert kept[e] == c  # p = 1: everything is kept
+        else:
+            sd = math.sqrt(c * p[e] * (1 - p[e]))
+            assert abs(kept[e] - t) <= 5 * sd, (c, kept[e])
+    assert abs(expected_keep(entry_ids, p) - sum(min(c, t) for c in counts)) < 1e-6
+
+
+def test_multi_entry_rows_keep_probability():
+    # A row with entries of p = 0.5 and 0.2 is kept with probability 1 - 0.5 * 0.8 = 0.6.
+    n = 40_000
+    uids = pa.array([make_uid(f"https://x.org/{i}", "c") for i in range(n)])
+    keep = keep_mask(uids, pa.array([[0, 1]] * n, pa.list_(pa.int32())), np.array([0.5, 0.2]), seed=11)
+    assert abs(keep.mean() - 0.6) < 5 * math.sqrt(0.6 * 0.4 / n)
+    assert abs(expected_keep(pa.array([[0, 1]], pa.list_(pa.int32())), np.array([0.5, 0.2])) - 0.6) < 1e-12

@@ -1,0 +1,175 @@
+"""Matching: equal to the plain MetaCLIP reference on every real caption; the stage's outputs reconcile."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from crawl import matcher as matcher_mod
+from crawl.match import MatchStage
+from crawl.matcher import Matcher, reference_match, spacing
+from pipeline.errors import ConfigError
+from pipeline.rundir import RunDir
+from pipeline.runner import run_stage
+
+WORDNET = Path("/usr/share/wordnet")
+
+# Entries that exercise the semantics' corners: punctuation inside (never matchable after spacing),
+# case, multi-word, non-ASCII, digits, a double space, and prefixes of one another.
+EDGE_ENTRIES = [
+    "St. Louis",
+    "New York",
+    "new york",
+    "York",
+    "café",
+    "Café",
+    "naïve",
+    "3D",
+    "a  b",
+    "rock 'n' roll",
+    "T-shirt",
+    "e-mail",
+    "ice",
+    "ice cream",
+    "cream",
+    "C++",
+    "U.S",
+]
+
+
+def _captions(shared_data: Path) -> list[str]:
+    tsv = (shared_data / "captions" / "cc3m_val.tsv").read_text(encoding="utf-8")
+    caps = [line.split("\t", 1)[0] for line in tsv.splitlines()]
+    coco = json.loads((shared_data / "captions" / "coco_val2017_captions.json").read_text(encoding="utf-8"))
+    anns = coco["annotations"] if isinstance(coco, dict) and "annotations" in coco else coco
+    caps += [a["caption"] for a in anns]
+    caps += [
+        "New York, New York!",
+        "a  b",
+        "St. Louis",
+        "Café\tau lait\n",
+        "ice-cream and ice cream.",
+        "",
+        "C++?",
+    ]
+    return caps
+
+
+def _vocabulary() -> list[str]:
+    from wordfreq import top_n_list
+
+    from crawl.wordnet import synset_head_names
+
+    words = synset_head_names(WORDNET) if (WORDNET / "data.noun").is_file() else []
+    seen = dict.fromkeys(words)
+    for w in top_n_list("en", 60_000):
+        seen.setdefault(w)
+    for w in EDGE_ENTRIES:
+        seen.setdefault(w)
+    return list(seen)
+
+
+@pytest.fixture(scope="module")
+def vocab_and_captions(shared_data):
+    return _vocabulary(), _captions(shared_data)
+
+
+@pytest.mark.slow
+def test_matcher_equals_reference_on_all_captions(vocab_and_captions):
+    entries, captions = vocab_and_captions
+    assert len(entries) >= 50_000
+    assert len(captions) > 40_000
+    got = Matcher(entries).match_array(pa.array(captions, pa.string())).to_pylist()
+    ref = reference_match(captions, entries)
+    mismatches = [i for i, (g, r) in enumerate(zip(got, ref, strict=True)) if g != r]
+    assert not mismatches, [(captions[i], got[i], ref[i]) for i in mismatches[:3]]
+    assert sum(map(len, got)) > 5 * len(captions)  # a real vocabulary matches many entries per caption
+    # The reference itself against the literal definition, on a sample and the edge captions.
+    sample = random.Random(0).sample(range(len(captions)), 60) + list(range(len(captions) - 7, len(captions)))
+    for i in sample:
+        s = spacing(captions[i])
+        assert ref[i] == [j for j, e in enumerate(entries) if e and f" {e} " in s]
+
+
+def test_semantics_corners():
+    entries = ["New York", "York", "St. Louis", "café", "ice cream", "ice", "cream", "a  b", "dog"]
+    m = Matcher(entries)
+    texts = [
+        "New York, New York!",
+        "st. louis",
+        "Café au lait",
+        "ice-cream",
+        "ice cream.",
+        "a  b",
+        "Dog dog",
+        None,
+        "",
+    ]
+    assert m.match_array(pa.array(texts)).to_pylist() == [[0, 1], [], [], [], [4, 5, 6], [7], [8], [], []]
+    norm = Matcher(entries, normalize=True)
+    assert norm.match("ＮＥＷ ＹＯＲＫ and CAFÉ") == [0, 1, 3]  # NFKC + casefold
+    assert reference_match(["ＮＥＷ ＹＯＲＫ and CAFÉ"], entries, normalize=True) == [[0, 1, 3]]
+    # ids from an entries file need not be 0..n-1; entries colliding after normalisation both match
+    m2 = Matcher(["Dog", "dog"], entry_ids=[70, 5], normalize=True)
+    assert m2.match("a DOG") == [5, 70]
+
+
+def test_match_stage_outputs_reconcile(shared_data, tmp_path, make_config, ray_local):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["dog", "cat", "red car", "beach", "a", "man", "of the", "zebra"]) + "\n")
+    cc3m = shared_data / "captions" / "cc3m_val.tsv"
+    cfg = make_config(
+        f"extract.inputs=[{{path: '{cc3m}', kind: tsv, header: false, text_column: '0', url_column: '1'}}]",
+        "extract.rows_per_part=4000",
+        f"match.entries={vocab}",
+        "match.batch_rows=1000",
+    )
+    run = RunDir(cfg.run)
+    from crawl.extract import ExtractStage
+
+    run_stage(ExtractStage(cfg, run), progress=False)
+    res = run_stage(MatchStage(cfg, run), progress=False)
+    st = res.stats.counts
+    pool = [r for p in run.glob("pool/part-*.parquet") for r in run.read_parquet(p).to_pylist()]
+    matched = [r for p in run.glob("match/part-*.parquet") for r in run.read_parquet(p).to_pylist()]
+    assert st["in"] == len(pool) == st["matched"] + st["unmatched"]
+    assert st["matched"] == len(matched) > 0
+    assert all(r["entry_ids"] for r in matched)
+    entries = vocab.read_text().split("\n")[:-1]
+    ref = reference_match([r["text"] for r in pool], entries)
+    assert sorted((r["uid"], tuple(r["entry_ids"])) for r in matched) == sorted(
+        (p["uid"], tuple(ids)) for p, ids in zip(pool, ref, strict=True) if ids
+    )
+    counts = run.read_parquet("match/counts.parquet")
+    assert (
+        counts.schema.field("entry_id").type == pa.int32() and counts.schema.field("count").type == pa.int64()
+    )
+    want = [sum(1 for ids in ref if i in ids) for i in range(len(entries))]
+    assert counts.column("count").to_pylist() == want
+    assert {"uid", "url", "text", "page_url", "source", "entry_ids"} <= set(
+        run.read_parquet(run.glob("match/part-*.parquet")[0]).column_names
+    )
+
+
+def test_automaton_built_once_per_worker(tmp_path, make_config):
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("dog\ncat\n")
+    cfg = make_config(f"match.entries={vocab}", run="memory://cache-test")
+    stage = MatchStage(cfg, RunDir(cfg.run))
+    matcher_mod._CACHE.clear()
+    first = stage.matcher()
+    assert stage.matcher() is first and len(matcher_mod._CACHE) == 1
+    cfg2 = make_config(f"match.entries={vocab}", "match.normalize=true", run="memory://cache-test")
+    assert MatchStage(cfg2, RunDir(cfg2.run)).matcher() is not first  # what defines it changed
+
+
+def test_missing_inputs(tmp_path, make_config):
+    cfg = make_config(run=str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="webclip vocab"):
+        MatchStage(cfg, RunDir(cfg.run)).check()
+    with pytest.raises(ConfigError, match=r"match\.entries"):
+        MatchStage(make_config(f"match.entries={tmp_path}/none.parquet"), RunDir(cfg.run)).validate()
