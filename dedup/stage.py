@@ -176,6 +176,21 @@ class DedupStage(Stage):
         pool_rows = self._pool_near_dups(near_pairs, thumbs, reason, train, sha_exact=cfg.exact_dups)
         self.run.write_parquet("dedup/pool_duplicates.parquet", pool_rows)
 
+        # --- one row per flagged sample: why it is not (or, in mode report, would not be) in clean/
+        flagged = [i for i in range(n) if reason[i]]
+        self.run.write_parquet(
+            "dedup/decisions.parquet",
+            pa.table(
+                {
+                    "shard": pa.array([shards_col[i] for i in flagged], pa.string()),
+                    "key": pa.array([keys[i] for i in flagged], pa.string()),
+                    "uid": pa.array([uids[i] for i in flagged], pa.string()),
+                    "reason": pa.array([reason[i] for i in flagged], pa.string()),
+                    "removed": pa.array([cfg.mode == "remove"] * len(flagged), pa.bool_()),
+                }
+            ),
+        )
+
         # --- clean shards
         self._write_clean(shard_names, train, reason, stats)
         removed = Counter(r for r in reason if r)

@@ -139,3 +139,116 @@ def evalset_specs(shared_data: Path) -> list[str]:
 @pytest.fixture
 def evalset_overrides(shared_data) -> list[str]:
     return evalset_specs(shared_data)
+
+
+def write_upstream_artifacts(run: Path) -> None:
+    """Artifacts of the crawl stages (vocab, pool, match, balance, curated) per DESIGN.md, consistent with the shards."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    download = pa.concat_tables([pq.read_table(p) for p in sorted((run / "shards").glob("*.parquet"))])
+    names = {1: "airplane", 2: "frog", 3: "seven", 5: "dog"}
+    entries = pa.table(
+        {
+            "entry_id": pa.array(range(101), pa.int32()),
+            "entry": [names.get(i, f"entry {i}") for i in range(101)],
+            "source": ["wordnet" if i in names else "unigram" for i in range(101)],
+        }
+    )
+    (run / "vocab").mkdir(parents=True, exist_ok=True)
+    pq.write_table(entries, run / "vocab" / "entries.parquet")
+    curated = download.select(["uid", "url", "caption", "entry_ids"]).rename_columns(
+        ["uid", "url", "text", "entry_ids"]
+    )
+    unmatched = pa.table(
+        {
+            "uid": ["p1", "p2"],
+            "url": ["http://img.test/p1.jpg", "http://img.test/p2.jpg"],
+            "text": ["nothing here", "nor here"],
+            "entry_ids": pa.array([[], []], pa.list_(pa.int32())),
+        }
+    )
+    pool = pa.concat_tables([curated, unmatched]).drop_columns(["entry_ids"])
+    pool = pool.append_column("page_url", pa.array(["http://page.test/"] * pool.num_rows))
+    pool = pool.append_column("source", pa.array(["tsv"] * pool.num_rows))
+    for folder, table in (("pool", pool), ("match", curated), ("curated", curated)):
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, run / folder / "part-00000.parquet")
+    ids = curated.column("entry_ids").combine_chunks().flatten().to_numpy()
+    counts = np.bincount(ids, minlength=101)
+    nz = np.flatnonzero(counts)
+    pq.write_table(
+        pa.table({"entry_id": nz.astype(np.int32), "count": counts[nz].astype(np.int64)}),
+        run / "match" / "counts.parquet",
+    )
+    (run / "balance").mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "entry_id": nz.astype(np.int32),
+                "entry": [entries["entry"][int(i)].as_py() for i in nz],
+                "count_before": counts[nz].astype(np.int64),
+                "count_after": counts[nz].astype(np.int64),
+            }
+        ),
+        run / "balance" / "entry_counts.parquet",
+    )
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.loglog(np.arange(1, len(nz) + 1), np.sort(counts[nz])[::-1], label="before")
+    ax.set_xlabel("entry rank")
+    ax.set_ylabel("matches")
+    ax.legend()
+    fig.savefig(run / "balance" / "longtail.png", dpi=80)
+    plt.close(fig)
+
+
+def write_eval_artifacts(run: Path) -> None:
+    """The eval stage's outputs (results, predictions, overlap analysis) per the eval contract."""
+    (run / "eval" / "predictions").mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "checkpoint": ["step-10"] * 2,
+                "dataset": ["cifar10", "mnist"],
+                "task": ["zeroshot"] * 2,
+                "metric": ["top1"] * 2,
+                "value": [0.21, 0.12],
+            }
+        ),
+        run / "eval" / "results.parquet",
+    )
+    for name in ("cifar10", "mnist"):
+        ids = [f"{i:06d}" for i in range(300)]
+        pred = [i % 10 for i in range(300)]
+        pq.write_table(
+            pa.table(
+                {
+                    "dataset": [name] * 300,
+                    "eval_id": ids,
+                    "label": pred,
+                    "pred": pred[::-1],
+                    "correct": [a == b for a, b in zip(pred, pred[::-1], strict=True)],
+                }
+            ),
+            run / "eval" / "predictions" / f"{name}.parquet",
+        )
+    pq.write_table(
+        pa.table(
+            {
+                "dataset": ["cifar10", "mnist"],
+                "n_all": [300, 300],
+                "n_overlap": [4, 2],
+                "overlap_pct": [1.33, 0.67],
+                "acc_all": [0.21, 0.12],
+                "acc_overlap": [0.5, 0.5],
+                "acc_clean": [0.206, 0.117],
+                "all_minus_clean": [0.004, 0.003],
+                "p_value": [0.2, 0.3],
+                "ci_low": [0.07, 0.01],
+                "ci_high": [0.93, 0.99],
+            }
+        ),
+        run / "eval" / "overlap.parquet",
+    )
