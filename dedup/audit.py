@@ -27,6 +27,9 @@ class AuditStage(Stage):
     resumable = False
 
     def check(self) -> None:
+        # The audit reflects the run as it is now (eval may have added outputs since the last audit):
+        # forget the previous task marker so the runner rebuilds instead of skipping.
+        self.run.remove(f"_done/{self.name}", recursive=True)
         if not (
             self.run.glob("shards/*.parquet")
             or self.run.exists("dedup/overlaps.parquet")
