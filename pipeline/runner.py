@@ -59,12 +59,22 @@ def execute_task(stage: Stage, task: Task) -> dict[str, Any]:
     return payload
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> None:
-    """Connect to (or start) Ray once per process; see the module docstring for the order."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> str:
+    """Connect to (or start) Ray once per process; returns where, e.g. ``cluster 10.0.0.5:6379 (64 CPUs)``.
+
+    See the module docstring for the order in which the address is resolved.
+    """
     import ray
 
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _init_ray(address, num_cpus, include_dashboard)
+    context = ray.get_runtime_context()
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return f"Ray at {context.gcs_address} ({cpus} CPUs, {len(ray.nodes())} node(s))"
+
+
+def _init_ray(address: str | None, num_cpus: int | None, include_dashboard: bool) -> None:
+    import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
@@ -109,7 +119,7 @@ def _run_on_ray(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[st
     import ray
 
     cfg = stage.config.ray
-    ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard)
+    print(f"[{stage.name}] {ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard)}", file=sys.stderr)
     remote = ray.remote(_remote_execute).options(
         max_retries=cfg.task_retries,
         retry_exceptions=True,
