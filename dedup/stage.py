@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from dedup.hashing import TRAIN_VIEWS, hash_evalset, hash_training_samples, zoom_views
+from dedup.detect import match_views
+from dedup.hashing import hash_evalset, hash_training_samples, zoom_views
 from dedup.search import search_pairs
 from dedup.shards import TarSink, iter_samples
 from dedup.verify import train_view_thumbs, verify_pairs
@@ -310,34 +311,8 @@ def _eval_candidates(
     """Closest view pair per (train row, eval row) among all pairs of views within ``tau``."""
     eval_views = ["phash", "trim", *zoom_views(zooms)]
     ev_ok = np.array([s == "ok" for s in ev.column("status").to_pylist()], bool)
-    e_rows, e_views, e_hash = [], [], []
-    for vi, v in enumerate(eval_views):
-        col = "phash" if v == "phash" else f"phash_{v}"
-        rows = np.flatnonzero(ev_ok)
-        e_rows.append(rows)
-        e_views.append(np.full(len(rows), vi))
-        e_hash.append(_u64(ev.column(col))[rows])
-    e_rows, e_views, e_hash = np.concatenate(e_rows), np.concatenate(e_views), np.concatenate(e_hash)
-    t_idx = np.flatnonzero(ok)
-    # The trim view only differs from phash for trimmed images; search it only there.
-    t_trim = t_idx[ph_trim[t_idx] != ph[t_idx]]
-    t_rows = np.concatenate([t_idx, t_trim])
-    t_views = np.concatenate([np.zeros(len(t_idx), int), np.ones(len(t_trim), int)])
-    t_hash = np.concatenate([ph[t_idx], ph_trim[t_trim]])
-    q, d, dist = search_pairs(t_hash, e_hash, tau)
-    tr, er, tv, evw = t_rows[q], e_rows[d], t_views[q], e_views[d]
-    # Closest view pair per (train, eval): sort by (train, eval, distance, views) and keep the first.
-    order = np.lexsort((evw, tv, dist, er, tr))
-    tr, er, tv, evw, dist = tr[order], er[order], tv[order], evw[order], dist[order]
-    first = np.ones(len(tr), bool)
-    first[1:] = (tr[1:] != tr[:-1]) | (er[1:] != er[:-1])
-    return {
-        "train_row": tr[first],
-        "eval_row": er[first],
-        "train_view": np.array([TRAIN_VIEWS[i] for i in tv[first]], dtype=object),
-        "eval_view": np.array([eval_views[i] for i in evw[first]], dtype=object),
-        "distance": dist[first],
-    }
+    evals = {v: _u64(ev.column("phash" if v == "phash" else f"phash_{v}")) for v in eval_views}
+    return match_views({"phash": ph, "trim": ph_trim}, ok, evals, ev_ok, tau)
 
 
 def _empty_overlaps() -> pa.Table:
