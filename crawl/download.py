@@ -1,0 +1,288 @@
+"""The download stage: ``<run>/curated/part-*.parquet`` → ``<run>/shards/NNNNN.{tar,parquet}`` + ``NNNNN_stats.json``.
+
+img2dataset does the work — its :class:`~img2dataset.reader.Reader` cuts a curated part into its
+arrow shard files, its :class:`~img2dataset.downloader.Downloader` downloads with a thread pool, its
+:class:`~img2dataset.resizer.Resizer` resizes and its
+:class:`~img2dataset.writer.WebDatasetSampleWriter` writes the tar and parquet — while webclip
+supplies what it lacks:
+
+* the fetch function: :class:`crawl.fetch.SafeFetcher` (address checks on every hop, per-host cap,
+  429/503 backoff, size and pixel limits, a user agent naming webclip). img2dataset has no
+  parameter for it: ``Downloader.download_shard`` calls the module-level name
+  ``download_image_with_retry``. :class:`SafeDownloader` runs img2dataset's own ``download_shard``
+  code with that one name bound to the webclip fetcher in a private namespace, so nothing in
+  img2dataset is copied or patched globally;
+* the distribution: one pipeline task per img2dataset shard, numbered deterministically from the
+  curated parts, run by :func:`pipeline.runner.run_stage` on Ray — completion markers, retries of
+  failed shards and a report of those that still fail (img2dataset's Ray distributor has none);
+* atomic output: a shard is written into ``shards/.tmp-<id>-…/`` and moved into place (parquet
+  last) before its completion marker, so a killed task leaves nothing that looks finished and a
+  rerun rewrites the same shard ids: every curated uid ends in exactly one parquet row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import posixpath
+import tempfile
+import types
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crawl.fetch import SafeFetcher, reason_of
+from pipeline.errors import ConfigError
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations (via img2dataset) phones home otherwise
+
+#: Digits of the shard number in file names (img2dataset's ``oom_shard_count``): ``00042.tar``.
+SHARD_DIGITS = 5
+#: Curated columns carried into every sample's json and the shard parquet (``save_additional_columns``).
+CARRIED = ["uid", "entry_ids"]
+REQUIRED = {"uid": pa.string(), "url": pa.string(), "text": pa.string()}
+_HOOK = "download_image_with_retry"
+
+
+def _names_in(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_in(const)
+    return names
+
+
+def _safe_downloader_class() -> type:
+    from img2dataset import downloader as i2d
+
+    if _HOOK not in _names_in(i2d.Downloader.download_shard.__code__):
+        raise ImportError(
+            f"this img2dataset version no longer calls {_HOOK}() from Downloader.download_shard; "
+            "webclip's safe fetcher cannot be attached. Install img2dataset 1.47.x."
+        )
+
+    class SafeDownloader(i2d.Downloader):
+        """img2dataset's Downloader whose per-URL fetch is a :class:`SafeFetcher`."""
+
+        def __init__(self, fetcher: SafeFetcher, **kwargs: Any):
+            super().__init__(**kwargs)
+            namespace = dict(vars(i2d))
+            namespace[_HOOK] = fetcher.download_image_with_retry
+            base = i2d.Downloader.download_shard
+            bound = types.FunctionType(base.__code__, namespace, base.__name__, base.__defaults__, base.__closure__)
+            self.download_shard = types.MethodType(bound, self)  # instance attribute: this downloader only
+
+    return SafeDownloader
+
+
+def shard_name(shard_id: int) -> str:
+    """``00042`` for shard 42: the stem of its tar, parquet and stats files."""
+    return f"{shard_id:0{SHARD_DIGITS}d}"
+
+
+class DownloadStage(Stage):
+    """Downloads the curated list with img2dataset into WebDataset shards, one task per shard."""
+
+    name = "download"
+
+    # ----------------------------------------------------------------- planning
+    def check(self) -> None:
+        parts = self.run.glob("curated/part-*.parquet")
+        if not parts:
+            raise ConfigError(
+                f"no curated list at {self.run.full_url('curated')}/part-*.parquet; "
+                "run the balance stage first (webclip balance --run …)"
+            )
+        for part in parts:
+            with self.run.fs.open(self.run.path(part), "rb") as fh:
+                schema = pq.read_schema(fh)
+            missing = [c for c in [*REQUIRED, "entry_ids"] if c not in schema.names]
+            if missing:
+                raise ConfigError(
+                    f"{self.run.full_url(part)}: missing column(s) {missing}; the curated list needs "
+                    "uid, url, text, entry_ids (written by the balance stage)"
+                )
+
+    def tasks(self) -> list[Task]:
+        """One task per img2dataset shard; shard ids count up over the parts in name order."""
+        size = self.config.download.samples_per_shard
+        tasks: list[Task] = []
+        next_id = 0
+        for part in self.run.glob("curated/part-*.parquet"):
+            with self.run.fs.open(self.run.path(part), "rb") as fh:
+                rows = pq.ParquetFile(fh).metadata.num_rows
+            count = math.ceil(rows / size)
+            for i in range(count):
+                payload = {"part": part, "first": next_id, "count": count, "index": i, "rows": rows}
+                tasks.append(Task(id=shard_name(next_id + i), payload=payload))
+            next_id += count
+        if next_id > 10**SHARD_DIGITS:
+            raise ConfigError(
+                f"download.samples_per_shard={size} gives {next_id} shards, more than {SHARD_DIGITS}-digit "
+                "shard names allow; raise download.samples_per_shard"
+            )
+        return tasks
+
+    # ---------------------------------------------------------------- one shard
+    def process(self, task: Task, stats: Stats) -> None:
+        """Download one shard into a temporary folder, check it, move it into ``shards/``."""
+        cfg = self.config.download
+        attempts = cfg.shard_retries + 1
+        for attempt in range(attempts):
+            tmp_rel = f"{self.run.SHARDS}/.tmp-{task.id}-{uuid.uuid4().hex[:8]}"
+            try:
+                fetcher = self._download(task, tmp_rel)
+                self._publish(task, tmp_rel, fetcher, stats)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise  # the runner retries on Ray, then reports the shard as failed
+            finally:
+                with contextlib.suppress(Exception):
+                    self.run.remove(tmp_rel, recursive=True)
+
+    def _download(self, task: Task, tmp_rel: str) -> SafeFetcher:
+        from img2dataset.reader import Reader
+        from img2dataset.resizer import Resizer
+        from img2dataset.writer import WebDatasetSampleWriter
+
+        cfg = self.config.download
+        p = task.payload
+        first, count, index = p["first"], p["count"], p["index"]
+        shard_id = first + index
+        self.run.makedirs(tmp_rel)
+        with tempfile.TemporaryDirectory(prefix="webclip-dl-") as arrow_tmp:
+            reader = Reader(
+                url_list=self.run.full_url(p["part"]),
+                input_format="parquet",
+                url_col="url",
+                caption_col="text",
+                verify_hash_col=None,
+                verify_hash_type=None,
+                save_additional_columns=CARRIED,
+                number_sample_per_shard=cfg.samples_per_shard,
+                # only this task's shard of the part is cut; the others belong to other tasks
+                done_shards={first + i for i in range(count) if i != index},
+                tmp_path=arrow_tmp,
+                start_shard_id=first,
+            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the reader prints progress chatter
+                shards = list(reader)
+            if [s for s, _ in shards] != [shard_id]:
+                raise RuntimeError(f"img2dataset reader cut {[s for s, _ in shards]} instead of shard {shard_id}")
+            resizer = Resizer(
+                image_size=cfg.image_size,
+                resize_mode=cfg.resize_mode,
+                resize_only_if_bigger=cfg.resize_only_if_bigger,
+                encode_quality=cfg.encode_quality,
+                encode_format=cfg.encode_format,
+                min_image_size=cfg.min_image_size,
+                max_image_area=cfg.max_image_pixels,  # second guard behind the fetcher's header check
+            )
+            fetcher = SafeFetcher(cfg)
+            downloader = _safe_downloader_class()(
+                fetcher,
+                sample_writer_class=WebDatasetSampleWriter,
+                resizer=resizer,
+                thread_count=cfg.thread_count,
+                save_caption=True,
+                extract_exif=False,
+                output_folder=self.run.full_url(tmp_rel),
+                column_list=reader.column_list,
+                timeout=cfg.timeout,
+                number_sample_per_shard=cfg.samples_per_shard,
+                oom_shard_count=SHARD_DIGITS,
+                compute_hash="sha256",
+                verify_hash_type=None,
+                encode_format=cfg.encode_format,
+                retries=cfg.retries,
+                user_agent_token=cfg.user_agent_token,
+                disallowed_header_directives=cfg.disallowed_header_directives or None,
+            )
+            # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
+            downloader.download_shard(shards[0])
+        return fetcher
+
+    def _expected_rows(self, task: Task) -> pa.Table:
+        p = task.payload
+        size = self.config.download.samples_per_shard
+        table = self.run.read_parquet(p["part"], columns=["uid", "url", "text", "entry_ids"])
+        return table.slice(p["index"] * size, size)
+
+    def _publish(self, task: Task, tmp_rel: str, fetcher: SafeFetcher, stats: Stats) -> None:
+        name = task.id
+        table = self.run.read_parquet(f"{tmp_rel}/{name}.parquet")
+        table = self._fill_missing(task, table)
+        table = table.sort_by("key")
+        reasons = [
+            None if status == "success" else reason_of(msg)
+            for status, msg in zip(table["status"].to_pylist(), table["error_message"].to_pylist(), strict=True)
+        ]
+        table = table.append_column("reason", pa.array(reasons, pa.string()))
+        # tar and stats first, parquet last: the parquet is what readers list shards by
+        for suffix in (".tar", "_stats.json"):
+            self.run.fs.mv(self.run.path(tmp_rel, name + suffix), self.run.path(self.run.SHARDS, name + suffix))
+        self.run.write_parquet(f"{self.run.SHARDS}/{name}.parquet", table)
+
+        stats.inc("in", table.num_rows)
+        success = int(pc.sum(pc.equal(table["status"], "success")).as_py() or 0)
+        stats.inc("success", success)
+        for reason in reasons:
+            if reason is not None:
+                stats.drop(reason)
+        stats.inc("bytes", self.run.fs.size(self.run.path(self.run.SHARDS, name + ".tar")))
+        for key, value in fetcher.counters.items():
+            stats.inc(key, value)
+
+    def _fill_missing(self, task: Task, table: pa.Table) -> pa.Table:
+        """Rows img2dataset lost (it prints and skips a sample whose write raised) become failure rows."""
+        expected = self._expected_rows(task)
+        if table.num_rows == expected.num_rows:
+            return table
+        seen = set(table["uid"].to_pylist())
+        shard_id = int(task.id)
+        digits = math.ceil(math.log10(self.config.download.samples_per_shard)) + SHARD_DIGITS
+        rows = []
+        for i, row in enumerate(expected.to_pylist()):
+            if row["uid"] in seen:
+                continue
+            key = (10 ** (digits - SHARD_DIGITS)) * shard_id + i
+            rows.append({
+                "uid": row["uid"], "entry_ids": row["entry_ids"], "caption": row["text"], "url": row["url"],
+                "key": f"{key:0{digits}d}", "status": "failed_to_download",
+                "error_message": "internal_error: img2dataset dropped the sample while writing",
+            })
+        extra = pa.Table.from_pylist(rows, schema=table.schema) if rows else None
+        return pa.concat_tables([table, extra]) if extra is not None else table
+
+    # ------------------------------------------------------------------- driver
+    def finalize(self, stats: Stats) -> None:
+        """Remove temporary folders a killed task left behind; check the counts reconcile."""
+        for leftover in self.run.fs.glob(self.run.path(self.run.SHARDS, ".tmp-*")):
+            with contextlib.suppress(Exception):
+                self.run.fs.rm(leftover, recursive=True)
+        total = stats.counts.get("success", 0) + stats.dropped_total
+        if total != stats.counts.get("in", 0):
+            raise RuntimeError(f"download counts do not reconcile: in={stats.counts.get('in')} != {total}")
+
+    def summary(self, stats: Stats) -> str:
+        n = stats.counts.get("in", 0)
+        ok = stats.counts.get("success", 0)
+        reasons = ", ".join(f"{k}={v:,}" for k, v in stats.dropped.most_common(8))
+        mb = stats.counts.get("bytes", 0) / 1e6
+        return f"{ok:,}/{n:,} images downloaded ({mb:,.1f} MB in shards); failed: {reasons or 'none'}"
+
+
+def shard_files(run_url: str) -> list[str]:
+    """The finished shard tars of a run (for readers such as dedup and train), sorted."""
+    from pipeline.rundir import RunDir
+
+    run = RunDir(run_url)
+    return [posixpath.join(run.url, p) for p in run.glob(f"{run.SHARDS}/*.tar")]
