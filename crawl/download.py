@@ -41,7 +41,8 @@ from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations (via img2dataset) phones home otherwise
+# albumentations (imported by img2dataset) phones home for updates unless told not to
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 #: Digits of the shard number in file names (img2dataset's ``oom_shard_count``): ``00042.tar``.
 SHARD_DIGITS = 5
@@ -76,7 +77,9 @@ def _safe_downloader_class() -> type:
             namespace = dict(vars(i2d))
             namespace[_HOOK] = fetcher.download_image_with_retry
             base = i2d.Downloader.download_shard
-            bound = types.FunctionType(base.__code__, namespace, base.__name__, base.__defaults__, base.__closure__)
+            bound = types.FunctionType(
+                base.__code__, namespace, base.__name__, base.__defaults__, base.__closure__
+            )
             self.download_shard = types.MethodType(bound, self)  # instance attribute: this downloader only
 
     return SafeDownloader
@@ -176,7 +179,9 @@ class DownloadStage(Stage):
             with contextlib.redirect_stdout(io.StringIO()):  # the reader prints progress chatter
                 shards = list(reader)
             if [s for s, _ in shards] != [shard_id]:
-                raise RuntimeError(f"img2dataset reader cut {[s for s, _ in shards]} instead of shard {shard_id}")
+                raise RuntimeError(
+                    f"img2dataset reader cut {[s for s, _ in shards]} instead of shard {shard_id}"
+                )
             resizer = Resizer(
                 image_size=cfg.image_size,
                 resize_mode=cfg.resize_mode,
@@ -223,12 +228,16 @@ class DownloadStage(Stage):
         table = table.sort_by("key")
         reasons = [
             None if status == "success" else reason_of(msg)
-            for status, msg in zip(table["status"].to_pylist(), table["error_message"].to_pylist(), strict=True)
+            for status, msg in zip(
+                table["status"].to_pylist(), table["error_message"].to_pylist(), strict=True
+            )
         ]
         table = table.append_column("reason", pa.array(reasons, pa.string()))
         # tar and stats first, parquet last: the parquet is what readers list shards by
         for suffix in (".tar", "_stats.json"):
-            self.run.fs.mv(self.run.path(tmp_rel, name + suffix), self.run.path(self.run.SHARDS, name + suffix))
+            self.run.fs.mv(
+                self.run.path(tmp_rel, name + suffix), self.run.path(self.run.SHARDS, name + suffix)
+            )
         self.run.write_parquet(f"{self.run.SHARDS}/{name}.parquet", table)
 
         stats.inc("in", table.num_rows)
@@ -254,11 +263,17 @@ class DownloadStage(Stage):
             if row["uid"] in seen:
                 continue
             key = (10 ** (digits - SHARD_DIGITS)) * shard_id + i
-            rows.append({
-                "uid": row["uid"], "entry_ids": row["entry_ids"], "caption": row["text"], "url": row["url"],
-                "key": f"{key:0{digits}d}", "status": "failed_to_download",
-                "error_message": "internal_error: img2dataset dropped the sample while writing",
-            })
+            rows.append(
+                {
+                    "uid": row["uid"],
+                    "entry_ids": row["entry_ids"],
+                    "caption": row["text"],
+                    "url": row["url"],
+                    "key": f"{key:0{digits}d}",
+                    "status": "failed_to_download",
+                    "error_message": "internal_error: img2dataset dropped the sample while writing",
+                }
+            )
         extra = pa.Table.from_pylist(rows, schema=table.schema) if rows else None
         return pa.concat_tables([table, extra]) if extra is not None else table
 

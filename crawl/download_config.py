@@ -30,7 +30,9 @@ class DownloadConfig(Section):
     timeout: float = Field(10.0, gt=0, le=600, description="seconds allowed for one image: connect + read")
     retries: int = Field(0, ge=0, le=10, description="retries of transient network errors (timeouts, resets)")
     user_agent_token: str = Field(
-        "webclip", min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+        "webclip",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
         description="crawler name sent in User-Agent and matched in `X-Robots-Tag: <token>: …`",
     )
     contact_url: str = Field(

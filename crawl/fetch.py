@@ -33,7 +33,8 @@ from collections import Counter
 
 from PIL import Image, UnidentifiedImageError
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
+# img2dataset imports albumentations, which phones home for updates unless told not to
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from img2dataset.downloader import is_disallowed  # img2dataset's own X-Robots-Tag parser
 
 from crawl.download_config import DownloadConfig
@@ -236,7 +237,9 @@ class SafeFetcher:
                         if cfg.disallowed_header_directives and is_disallowed(
                             resp.headers, cfg.user_agent_token.lower(), set(cfg.disallowed_header_directives)
                         ):
-                            raise FetchError("robots_noai", ", ".join(resp.headers.get_all("X-Robots-Tag", [])))
+                            raise FetchError(
+                                "robots_noai", ", ".join(resp.headers.get_all("X-Robots-Tag", []))
+                            )
                         data = self._read_body(resp, conn, deadline)
                         self._count("bytes_downloaded", len(data))
                         return data
@@ -294,6 +297,7 @@ class SafeFetcher:
             except Exception as exc:  # one bad URL must never fail the shard
                 return key, None, f"fetch_error: {type(exc).__name__}: {exc}"
             if attempt < self.config.retries:
-                time.sleep(min(self.config.backoff_base_seconds * (2**attempt), self.config.backoff_cap_seconds))
+                time.sleep(
+                    min(self.config.backoff_base_seconds * (2**attempt), self.config.backoff_cap_seconds)
+                )
         return key, None, err
-

@@ -42,8 +42,13 @@ def big_jpeg(path: Path, side: int = 10_000) -> Path:
 class ImageServer:
     """``ThreadingHTTPServer`` on ``host`` in a daemon thread; ``url(path)`` builds request URLs."""
 
-    def __init__(self, photos: list[Path], host: str = "127.0.0.1", big: Path | None = None,
-                 redirect_target: str | None = None):
+    def __init__(
+        self,
+        photos: list[Path],
+        host: str = "127.0.0.1",
+        big: Path | None = None,
+        redirect_target: str | None = None,
+    ):
         self.photos = {p.name: p.read_bytes() for p in photos}
         self.names = sorted(self.photos)
         self.big = big.read_bytes() if big else None
@@ -74,8 +79,13 @@ class ImageServer:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
-            def _send(self, code: int, body: bytes = b"", ctype: str = "image/jpeg",
-                      headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self,
+                code: int,
+                body: bytes = b"",
+                ctype: str = "image/jpeg",
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -119,7 +129,7 @@ class ImageServer:
                     self.end_headers()
                     try:
                         for i in range(len(body)):
-                            self.wfile.write(body[i:i + 1])
+                            self.wfile.write(body[i : i + 1])
                             self.wfile.flush()
                             time.sleep(0.5)
                     except OSError:
@@ -157,14 +167,20 @@ class ImageServer:
 
 def write_curated(run_dir: Path, rows: list[dict], parts: int = 1) -> list[dict]:
     """Write ``rows`` (uid, url[, text, entry_ids]) as ``curated/part-*.parquet`` like the balance stage."""
-    schema = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
-                        ("entry_ids", pa.list_(pa.int32()))])
+    schema = pa.schema(
+        [
+            ("uid", pa.string()),
+            ("url", pa.string()),
+            ("text", pa.string()),
+            ("entry_ids", pa.list_(pa.int32())),
+        ]
+    )
     full = [{"text": f"a photo {i}", "entry_ids": [i % 7, 100 + i], **r} for i, r in enumerate(rows)]
     out = run_dir / "curated"
     out.mkdir(parents=True, exist_ok=True)
     per = -(-len(full) // parts)
     for p in range(parts):
-        chunk = full[p * per:(p + 1) * per]
+        chunk = full[p * per : (p + 1) * per]
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(chunk, schema=schema), buf)
         (out / f"part-{p:05d}.parquet").write_bytes(buf.getvalue())

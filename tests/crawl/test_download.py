@@ -30,8 +30,11 @@ def photos(shared_data):
 @pytest.fixture(scope="module")
 def servers(photos, tmp_path_factory):
     canary = ImageServer(photos, host="127.0.0.2")
-    main = ImageServer(photos, big=big_jpeg(tmp_path_factory.mktemp("big") / "big.jpg"),
-                       redirect_target=canary.url("/img/x.jpg"))
+    main = ImageServer(
+        photos,
+        big=big_jpeg(tmp_path_factory.mktemp("big") / "big.jpg"),
+        redirect_target=canary.url("/img/x.jpg"),
+    )
     yield main, canary
     main.close()
     canary.close()
