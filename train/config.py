@@ -27,7 +27,9 @@ class TrainConfig(Section):
     vocab_size: int = Field(49152, ge=515, le=1_000_000, description="BPE vocabulary size when training one")
     tokenizer_max_texts: int = Field(1_000_000, ge=1, description="captions read to train the tokenizer")
     # data
-    data: str | None = Field(None, description="shard glob/URL list; None: <run>/clean/*.tar")
+    data: str | list[str] | None = Field(
+        None, description="shards: a glob, brace pattern or URL list; None: <run>/clean/*.tar"
+    )
     batch_size: int = Field(
         32, ge=1, description="micro-batch per process (DeepSpeed train_micro_batch_size_per_gpu)"
     )

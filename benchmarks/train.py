@@ -1,0 +1,269 @@
+"""Training throughput: webclip's DeepSpeed step vs a bare PyTorch loop on the same model and batch.
+
+    python benchmarks/train.py --model tiny-vit --batch 64 --steps 20            # CPU (DS_ACCELERATOR=cpu)
+    python benchmarks/train.py --model ViT-B-16 --batch 512 --steps 30 --data both --compile   # GPU
+
+Prints one JSON line per measurement: samples/s (per process), ms/step, peak memory, and on a GPU
+the model FLOPs per sample (counted with torch.utils.flop_counter on forward + backward) and the
+model-FLOPs utilisation against a bf16 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from train.loss import ClipLoss
+from train.model import build_model, scalars_as_vectors
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    """bf16 8192³ matmul rate, the MFU denominator (mean of 10 after 3 warm-ups)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (time.perf_counter() - t) / 1e12
+
+
+def train_flops_per_sample(model_name: str, vocab: int) -> float:
+    """Forward + backward FLOPs of one sample, counted by torch's FlopCounterMode on CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(model_name, vocab_size=vocab)
+    size = model.config.image_size
+    images, tokens = torch.randn(2, 3, size, size), torch.randint(1, vocab - 1, (2, 77))
+    tokens[:, -1] = vocab - 1
+    with FlopCounterMode(display=False) as counter:
+        img, txt, scale = model(images, tokens)
+        ClipLoss()(img, txt, scale).backward()
+    return counter.get_total_flops() / 2
+
+
+def synthetic_batches(batch: int, size: int, vocab: int, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    tokens = torch.randint(1, vocab - 1, (batch, 77), generator=g)
+    tokens[:, 20] = vocab - 1
+    tokens = tokens.to(device)
+    while True:
+        yield images, tokens
+
+
+def shard_batches(shard_dir: str, batch: int, size: int, workers: int, device: torch.device):
+    """Batches from real WebDataset shards through webclip's loader (decode, crop, tokenize in workers)."""
+    from train.data import ShardBatches, list_shards, make_loader
+    from train.tokenizer import train_tokenizer
+
+    urls = list_shards(f"{shard_dir}/*.tar")
+    tok = train_tokenizer([f"a photo of a thing number {i}" for i in range(200)], vocab_size=1000)
+    ds = ShardBatches(urls, tok, size, batch, shuffle=1000)
+    for images, tokens, _ in make_loader(ds, workers, pin_memory=device.type == "cuda"):
+        yield images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+
+
+def make_shards(directory: str, n: int, per_shard: int = 500, src: int = 256) -> None:
+    """JPEG shards of smooth random images (real JPEG decode cost), img2dataset layout."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = [
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize((src, src), Image.BICUBIC)
+        for _ in range(64)
+    ]
+    jpgs = []
+    for im in base:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90)
+        jpgs.append(buf.getvalue())
+    for s in range((n + per_shard - 1) // per_shard):
+        with wds.TarWriter(f"{directory}/{s:05d}.tar") as tw:
+            for i in range(per_shard):
+                tw.write(
+                    {
+                        "__key__": f"{s:05d}{i:04d}",
+                        "jpg": jpgs[(s * per_shard + i) % 64],
+                        "txt": f"a photo of a thing number {i % 200}",
+                    }
+                )
+
+
+def time_loop(step, batches, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` after ``warmup`` steps."""
+    for _ in range(warmup):
+        step(*next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(*next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps
+
+
+def bare_step_fn(model_name: str, vocab: int, device: torch.device, bf16: bool, compile_: bool):
+    """Plain PyTorch: fp32 weights, bf16 autocast on GPU, fused AdamW, grad clipping."""
+    torch.manual_seed(0)
+    model = build_model(model_name, vocab_size=vocab).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    fwd = torch.compile(model) if compile_ else model
+    loss_fn = ClipLoss()
+
+    def step(images, tokens):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            img, txt, scale = fwd(images, tokens)
+            loss = loss_fn(img, txt, scale)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def ds_step_fn(model_name: str, vocab: int, device: torch.device, batch: int, ds_json: str, compile_: bool):
+    """webclip's trainer step: DeepSpeed engine, param groups, clamp, gathered loss."""
+    import deepspeed
+
+    from train.config import TrainConfig
+    from train.dsutil import clamp_logit_scale, param_groups, resolve_ds_config
+    from train.trainer import accumulate_step
+
+    if not torch.distributed.is_initialized():
+        if "RANK" not in os.environ:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(
+                RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+            )
+        from deepspeed.accelerator import get_accelerator
+
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    torch.manual_seed(0)
+    model = scalars_as_vectors(build_model(model_name, vocab_size=vocab))
+    tc = TrainConfig(batch_size=batch, model=model_name)
+    cfg = resolve_ds_config(ds_json, tc, tempfile.mkdtemp())
+    cfg["tensorboard"]["enabled"] = cfg["csv_monitor"]["enabled"] = False
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4, fused=device.type == "cuda")
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    if compile_:
+        engine.compile()
+    loss_fn = ClipLoss(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+    def step(images, tokens):
+        accumulate_step(engine, loss_fn, [(images, tokens)])
+        clamp_logit_scale(engine, 4.6052)
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--deepspeed-config", default="infra/deepspeed/zero2.json")
+    ap.add_argument("--mode", choices=["bare", "deepspeed", "both"], default="both")
+    ap.add_argument("--data", choices=["synthetic", "shards", "both"], default="synthetic")
+    ap.add_argument(
+        "--shards", default=None, help="folder of .tar shards (made with --make-shards if absent)"
+    )
+    ap.add_argument("--make-shards", type=int, default=20000, help="samples to write when --shards is empty")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+
+    vocab = 49408
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    size = build_model(args.model, vocab_size=vocab).config.image_size
+    flops = train_flops_per_sample(args.model, vocab)
+    peak = matmul_peak_tflops(device) if gpu else None
+    base = {
+        "model": args.model,
+        "batch": args.batch,
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
+        "threads": torch.get_num_threads(),
+        "train_gflops_per_sample": round(flops / 1e9, 2),
+        "bf16_matmul_peak_tflops": round(peak, 1) if peak else None,
+        "compile": args.compile,
+    }
+    print(json.dumps(base), flush=True)
+
+    sources = ["synthetic", "shards"] if args.data == "both" else [args.data]
+    modes = ["bare", "deepspeed"] if args.mode == "both" else [args.mode]
+    results = []
+    for mode in modes:
+        if mode == "bare":
+            step = bare_step_fn(args.model, vocab, device, gpu, args.compile)
+        else:
+            step = ds_step_fn(args.model, vocab, device, args.batch, args.deepspeed_config, args.compile)
+        for src in sources:
+            if src == "synthetic":
+                batches = synthetic_batches(args.batch, size, vocab, device)
+            else:
+                shard_dir = args.shards or tempfile.mkdtemp(prefix="shards-")
+                if not list(Path(shard_dir).glob("*.tar")):
+                    make_shards(shard_dir, args.make_shards)
+                batches = shard_batches(shard_dir, args.batch, size, args.workers, device)
+            if gpu:
+                torch.cuda.reset_peak_memory_stats()
+            sec = time_loop(step, batches, args.steps, args.warmup, device)
+            sps = args.batch / sec
+            row = {
+                "mode": mode,
+                "data": src,
+                "ms_per_step": round(sec * 1000, 1),
+                "samples_per_s": round(sps, 1),
+                "peak_rss_mb": round(peak_rss_mb()),
+            }
+            if gpu:
+                row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+                row["mfu"] = round(sps * flops / (peak * 1e12), 3)
+            results.append(row)
+            print(json.dumps({**base, **row}), flush=True)
+        del step
+        if gpu:
+            torch.cuda.empty_cache()
+    by = {(r["mode"], r["data"]): r for r in results}
+    if ("bare", "synthetic") in by and ("deepspeed", "synthetic") in by:
+        over = by[("deepspeed", "synthetic")]["ms_per_step"] / by[("bare", "synthetic")]["ms_per_step"] - 1
+        print(json.dumps({"deepspeed_overhead_vs_bare": round(over, 3)}), flush=True)
+    if ("deepspeed", "shards") in by and ("deepspeed", "synthetic") in by:
+        ratio = by[("deepspeed", "shards")]["samples_per_s"] / by[("deepspeed", "synthetic")]["samples_per_s"]
+        print(json.dumps({"shards_vs_synthetic": round(ratio, 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
