@@ -1,0 +1,185 @@
+"""``python -m demo``: the whole pipeline on one machine, on a generated mini-web served on loopback.
+
+vocabulary → extract → match → balance → download → dedup → train (DeepSpeed, CPU) → eval → audit,
+then a summary: counts that reconcile, overlaps found, zero-shot accuracy vs chance, time per stage,
+and where to look. Rerunning resumes: finished stages and tasks are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demo import miniweb
+from demo.server import serve
+from pipeline.cli import run_stages
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, StageFailed
+from pipeline.rundir import RunDir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO_ROOT.parent / "shared" / "data" / "eval" / "cifar10_test.npz"
+
+
+def demo_config(run: str, web: Path, manifest: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The demo's run configuration (written to ``<web>/demo.yaml`` for the curious)."""
+    evalsets = [{"name": "shapes", "kind": "folder", "path": str(web / "evalsets" / "shapes"),
+                 "templates": "photo"}]
+    if (web / "evalsets" / "cifar10.npz").is_file():
+        evalsets.append({"name": "cifar10", "kind": "cifar", "path": str(web / "evalsets" / "cifar10.npz"),
+                         "templates": "cifar10"})
+    return {
+        "run": run,
+        "seed": 0,
+        "evalsets": evalsets,
+        "vocab": {"sources": ["file"], "files": [str(web / "vocab.txt")]},
+        "extract": {"inputs": [
+            {"path": str(web / "warc" / "*.warc.gz"), "kind": "warc"},
+            {"path": str(web / "pool.tsv"), "kind": "tsv", "header": False, "text_column": "0",
+             "url_column": "1"},
+        ]},
+        "balance": {"t": 60},
+        "download": {
+            "image_size": 64, "resize_mode": "center_crop", "samples_per_shard": 600, "thread_count": 16,
+            "timeout": 5, "allow_addresses": ["127.0.0.1/32"], "per_host_concurrency": 16,
+        },
+        "dedup": {"mode": "remove"},
+        "train": {"model": "tiny-vit", "steps": steps, "batch_size": 64, "lr": 2e-3, "warmup": 20,
+                  "vocab_size": 1000, "checkpoint_every": 100, "log_every": 25, "workers": 1,
+                  "deepspeed_config": str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json")},
+        "eval": {"tasks": ["zeroshot", "linear_probe"], "device": "cpu",
+                 "linear_probe": [{"train": "shapes"}]},
+    }
+
+
+def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float]) -> str:
+    """The closing summary: stage counts, reconciliation, overlaps, zero-shot vs chance, where to look."""
+    def stats(stage: str) -> dict[str, Any]:
+        return run.read_json(f"stats/{stage}.json") if run.exists(f"stats/{stage}.json") else {}
+
+    lines = ["", "=" * 78, "webclip demo: summary", "=" * 78, "", "stage     seconds  counts"]
+    for stage, secs in timings.items():
+        s = stats(stage)
+        counts = " ".join(f"{k}={v:,}" for k, v in s.get("counts", {}).items())
+        dropped = ", ".join(f"{k}={v:,}" for k, v in sorted(s.get("dropped", {}).items()))
+        lines.append(f"{stage:<9} {secs:7.1f}  {counts}" + (f"  dropped: {dropped}" if dropped else ""))
+    lines.append("")
+    for line in reconcile(run):
+        lines.append(line)
+    if run.exists(RunDir.OVERLAPS):
+        ov = run.read_parquet(RunDir.OVERLAPS).to_pandas()
+        ov = ov[ov.confirmed] if "confirmed" in ov else ov
+        for name in sorted({p["evalset"] for p in manifest["planted"]}):
+            planted = {p["url"] for p in manifest["planted"] if p["evalset"] == name}
+            hits = ov[ov.eval_set == name]
+            found = len(planted & set(hits.url))
+            others = hits[~hits.url.isin(planted)].uid.nunique()
+            lines.append(f"dedup {name}: found {found} of {len(planted)} planted near-duplicates; "
+                         f"{others} other training samples flagged")
+    if run.exists("eval/results.parquet"):
+        res = run.read_parquet("eval/results.parquet").to_pandas()
+        zs = res[(res.task == "zeroshot") & (res.metric == "top1")]
+        for _, row in zs.iterrows():
+            n_classes = len(manifest["classes"]) if row.dataset == "shapes" else 10
+            chance = 1 / n_classes
+            lines.append(f"zero-shot {row.dataset}: top-1 {row.value:.1%} vs chance {chance:.1%} "
+                         f"({row.value / chance:.1f}x)")
+        lp = res[(res.task == "linear_probe") & (res.metric.isin(["accuracy", "top1"]))]
+        for _, row in lp.iterrows():
+            lines.append(f"linear probe {row.dataset}: {row.value:.1%}")
+    if run.exists("eval/overlap.parquet"):
+        for _, r in run.read_parquet("eval/overlap.parquet").to_pandas().iterrows():
+            lines.append(f"overlap analysis {r.dataset}: overlap {r.overlap_pct:.2f}%  acc all "
+                         f"{r.acc_all:.1%}  clean {r.acc_clean:.1%}  all-clean {r.all_minus_clean:+.2%}")
+    db = run.full_url(RunDir.AUDIT_DB)
+    lines += [
+        "", "where to look:",
+        f"  audit database   duckdb -readonly {db}",
+        "     SELECT * FROM overlap_rate;",
+        "     SELECT status, count(*) FROM download_status GROUP BY ALL ORDER BY 2 DESC;",
+        f"  audit page       {run.full_url(RunDir.AUDIT_PAGE)}",
+        f"  training logs    tensorboard --logdir {run.full_url('train')}",
+        f"  run status       webclip status {run.url}",
+    ]
+    return "\n".join(lines)
+
+
+def reconcile(run: RunDir) -> list[str]:
+    """Check the counts that must add up across stages; one line each, OK or MISMATCH."""
+    def n_rows(pattern: str) -> int:
+        return sum(run.read_parquet(p, columns=["uid"]).num_rows for p in run.glob(pattern))
+
+    out = []
+    if run.exists("stats/match.json"):
+        m = run.read_json("stats/match.json")["counts"]
+        pool = n_rows("pool/part-*.parquet")
+        ok = pool == m.get("matched", 0) + m.get("unmatched", 0)
+        out.append(f"{'OK' if ok else 'MISMATCH'}  pool {pool:,} = matched {m.get('matched', 0):,} "
+                   f"+ unmatched {m.get('unmatched', 0):,}")
+    if run.glob("shards/*.parquet"):
+        curated = n_rows("curated/part-*.parquet")
+        status = [run.read_parquet(p, columns=["status"]).column("status").to_pylist()
+                  for p in run.glob("shards/*.parquet")]
+        flat = [s for part in status for s in part]
+        ok_n = flat.count("success")
+        out.append(f"{'OK' if curated == len(flat) else 'MISMATCH'}  curated {curated:,} = downloaded {ok_n:,} "
+                   f"+ failed {len(flat) - ok_n:,}")
+        if run.exists("clean/sizes.json") and run.exists("stats/dedup.json"):
+            clean = sum(run.read_json("clean/sizes.json").values())
+            counts = run.read_json("stats/dedup.json")["counts"]
+            removed = {k.removeprefix("flagged_"): v for k, v in counts.items() if k.startswith("flagged_")}
+            detail = " + ".join(f"{k} {v:,}" for k, v in removed.items())
+            ok = ok_n == clean + sum(removed.values())
+            out.append(f"{'OK' if ok else 'MISMATCH'}  downloaded {ok_n:,} = clean {clean:,} + removed ({detail})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    parser.add_argument("--port", type=int, default=8765, help="loopback port of the mini-web server")
+    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--images", type=int, default=1600, help="training images in the mini-web")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    web = Path(args.run + "-miniweb").resolve()
+    manifest_path = web / "miniweb.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())  # resume: same pages, same URLs, same port
+    else:
+        print(f"demo: generating the mini-web in {web}", file=sys.stderr)
+        spec = miniweb.MiniWebSpec(n_images=args.images)
+        manifest = miniweb.build(web, args.port, spec, SHARED_CIFAR if SHARED_CIFAR.is_file() else None)
+    config_file = web / "demo.yaml"
+    config_file.write_text(yaml.safe_dump(demo_config(args.run, web, manifest, args.steps), sort_keys=False))
+    try:
+        config = load_config(config_file, args.overrides)
+        timings: dict[str, float] = {}
+        with serve(web / "site", manifest["port"]):
+            print(f"demo: mini-web on http://127.0.0.1:{manifest['port']} ({manifest['pairs']} links)",
+                  file=sys.stderr)
+            for name in config.stages:
+                t0 = time.perf_counter()
+                run_stages(config, [name])
+                timings[name] = time.perf_counter() - t0
+    except ConfigError as exc:
+        print(f"demo: configuration error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StageFailed as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(summary(RunDir(config.run), manifest, timings))
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
