@@ -91,7 +91,15 @@ def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
 
     p = engine.module.logit_scale
     zero3 = hasattr(p, "ds_id")
-    if zero3 or hasattr(p, "_hp_mapping"):  # ZeRO 1/2/3 and the bf16 optimizer keep fp32 partitions
+    if zero3:
+        # clamping is elementwise, so each rank clamps its own fp32 partition; the "full" setter fails
+        # on ranks whose partition of a 1-element parameter is only padding (world size > numel)
+        from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+        local = safe_get_local_fp32_param(p)
+        if local is not None and local.numel() > 0:
+            safe_set_local_fp32_param(p, local.clamp(max=max_log_scale))
+    elif hasattr(p, "_hp_mapping"):  # ZeRO 1/2 and the bf16 optimizer keep fp32 partitions
         hp = safe_get_full_fp32_param(p)
         if hp is not None:
             safe_set_full_fp32_param(p, hp.clamp(max=max_log_scale))
