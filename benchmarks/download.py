@@ -1,0 +1,250 @@
+"""Benchmark: webclip's download stage vs bare img2dataset on the same URLs, in the same run.
+
+A loopback HTTP server (its own process) serves the real COCO photos from ``../shared/data``; both
+sides download the same URL list with the same image size, resize mode, encoding, shard size,
+thread count and number of processes:
+
+* bare: ``img2dataset.download(..., distributor="multiprocessing")`` (urllib, no address checks);
+* webclip: ``DownloadStage`` through ``pipeline.runner.run_stage`` on an embedded Ray with the
+  same number of CPUs (img2dataset's reader/downloader/resizer/writer + the safe fetcher).
+
+Prints images/s, images/s per core and peak memory (RSS summed over the process tree, sampled),
+and the ratio webclip / bare (target ≥ 0.9). Ray's start-up is done before the clock starts; the
+multiprocessing pool start-up is inside img2dataset's time (it is part of every img2dataset run).
+
+    python benchmarks/download.py --n 3000 --processes 2 --threads 32 --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import psutil  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+PHOTOS = REPO.parent / "shared" / "data" / "photos" / "coco_mini"
+
+
+def _serve(port_q: mp.Queue, folder: str) -> None:
+    photos = [p.read_bytes() for p in sorted(Path(folder).rglob("*.jpg"))]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            i = int(self.path.rsplit("/", 1)[1].split(".")[0])
+            body = photos[i % len(photos)]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024
+
+        def handle_error(self, request, client_address) -> None:
+            pass
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    port_q.put(httpd.server_address[1])
+    httpd.serve_forever()
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants every 0.1 s."""
+
+    def __init__(self, exclude: set[int]):
+        self.exclude = exclude
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                if p.pid in self.exclude:
+                    continue
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def write_urls(folder: Path, port: int, n: int) -> Path:
+    rows = {
+        "uid": [f"u{i:07d}" for i in range(n)],
+        "url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(n)],
+        "text": [f"caption {i}" for i in range(n)],
+        "entry_ids": [[i % 100] for i in range(n)],
+    }
+    schema = pa.schema(
+        [
+            ("uid", pa.string()),
+            ("url", pa.string()),
+            ("text", pa.string()),
+            ("entry_ids", pa.list_(pa.int32())),
+        ]
+    )
+    (folder / "curated").mkdir(parents=True, exist_ok=True)
+    path = folder / "curated" / "part-00000.parquet"
+    pq.write_table(pa.Table.from_pydict(rows, schema=schema), path)
+    return path
+
+
+def run_bare(urls: Path, out: Path, args, server_pid: int) -> tuple[float, int, int]:
+    from img2dataset import download
+
+    with PeakRSS({server_pid}) as mem, open(os.devnull, "w") as null:
+        start = time.perf_counter()
+        stdout, sys.stdout = sys.stdout, null  # img2dataset prints per-shard chatter
+        try:
+            download(
+                url_list=str(urls),
+                input_format="parquet",
+                url_col="url",
+                caption_col="text",
+                save_additional_columns=["uid", "entry_ids"],
+                output_format="webdataset",
+                output_folder=str(out),
+                processes_count=args.processes,
+                thread_count=args.threads,
+                image_size=args.image_size,
+                resize_mode="center_crop",
+                encode_quality=95,
+                number_sample_per_shard=args.shard_size,
+                distributor="multiprocessing",
+                timeout=10,
+                retries=0,
+                enable_wandb=False,
+                compute_hash="sha256",
+            )
+        finally:
+            sys.stdout = stdout
+        secs = time.perf_counter() - start
+    ok = sum(
+        pq.read_table(p, columns=["status"])["status"].to_pylist().count("success")
+        for p in out.glob("*.parquet")
+    )
+    return secs, ok, mem.peak
+
+
+def run_webclip(folder: Path, args, server_pid: int) -> tuple[float, int, int]:
+    from crawl.download import DownloadStage
+    from pipeline.config import load_config
+    from pipeline.rundir import RunDir
+    from pipeline.runner import run_stage
+
+    config = load_config(
+        None,
+        [
+            f"ray.num_cpus={args.processes}",
+            "download.allow_addresses=[127.0.0.1/32]",
+            f"download.thread_count={args.threads}",
+            f"download.image_size={args.image_size}",
+            "download.resize_mode=center_crop",
+            f"download.samples_per_shard={args.shard_size}",
+            "download.timeout=10",
+            f"download.per_host_concurrency={args.threads}",
+        ],
+        str(folder),
+    )
+    with PeakRSS({server_pid}) as mem:
+        start = time.perf_counter()
+        result = run_stage(DownloadStage(config, RunDir(str(folder))), progress=False, force=True)
+        secs = time.perf_counter() - start
+    return secs, result.stats.counts["success"], mem.peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=3000, help="URLs per run")
+    ap.add_argument("--processes", type=int, default=2, help="processes (img2dataset) = Ray CPUs (webclip)")
+    ap.add_argument("--threads", type=int, default=32, help="download threads per process / shard task")
+    ap.add_argument("--shard-size", type=int, default=500)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=2, help="alternating rounds; the median is reported")
+    args = ap.parse_args()
+    if not PHOTOS.is_dir():
+        sys.exit(f"photos not found at {PHOTOS} (../shared/data beside the checkout)")
+
+    ctx = mp.get_context("spawn")
+    port_q = ctx.Queue()
+    server = ctx.Process(target=_serve, args=(port_q, str(PHOTOS)), daemon=True)
+    server.start()
+    port = port_q.get(timeout=60)
+
+    from pipeline.runner import ensure_ray
+
+    ensure_ray(num_cpus=args.processes)  # Ray start-up is not part of the measured download
+    tmp = Path(tempfile.mkdtemp(prefix="webclip-bench-dl-"))
+    bare, ours = [], []
+    try:
+        for r in range(args.repeat):
+            base = tmp / f"round{r}"
+            urls = write_urls(base / "webclip", port, args.n)
+            bare.append(run_bare(urls, base / "bare", args, server.pid))
+            ours.append(run_webclip(base / "webclip", args, server.pid))
+            shutil.rmtree(base / "bare", ignore_errors=True)
+            print(
+                f"round {r + 1}: bare {args.n / bare[-1][0]:.0f} img/s, webclip {args.n / ours[-1][0]:.0f} img/s",
+                file=sys.stderr,
+            )
+    finally:
+        server.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def row(name: str, runs: list[tuple[float, int, int]]) -> tuple[float, str]:
+        rate = statistics.median(args.n / s for s, _, _ in runs)
+        ok = min(o for _, o, _ in runs)
+        peak = max(m for _, _, m in runs) / 2**20
+        return rate, (
+            f"{name:<22} {rate:>9.0f} {rate / args.processes:>12.0f} {peak:>12.0f} {ok:>8}/{args.n}"
+        )
+
+    print(
+        f"\n{args.n} loopback URLs (real COCO JPEGs), {args.processes} processes x {args.threads} threads, "
+        f"{args.image_size}px center_crop jpg, {args.shard_size}/shard; median of {args.repeat}; "
+        f"{os.cpu_count()} cores visible"
+    )
+    print(f"{'':<22} {'images/s':>9} {'img/s/core':>12} {'peak RSS MiB':>12} {'success':>13}")
+    r_bare, line_bare = row("img2dataset (bare)", bare)
+    r_ours, line_ours = row("webclip download", ours)
+    print(line_bare)
+    print(line_ours)
+    print(f"webclip / bare throughput: {r_ours / r_bare:.2f}  (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()
