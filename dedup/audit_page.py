@@ -178,9 +178,8 @@ def render_page(run: RunDir, config, db_path: Path) -> tuple[str, dict[str, int]
 
 
 def _pairs_html(run: RunDir, config, con, acfg, shown: dict[str, int]) -> str:
-    rows = (
-        con.execute(
-            """
+    cur = con.execute(
+        """
         SELECT * FROM (
           SELECT *, row_number() OVER (PARTITION BY eval_set, confirmed ORDER BY distance, verify_score DESC,
                                        eval_id, shard, key) AS rk
@@ -188,11 +187,10 @@ def _pairs_html(run: RunDir, config, con, acfg, shown: dict[str, int]) -> str:
         WHERE (confirmed AND rk <= ?) OR (NOT confirmed AND rk <= ?)
         ORDER BY eval_set, confirmed DESC, rk
         """,
-            [acfg.pairs_per_set, acfg.show_rejected],
-        )
-        .to_arrow_table()
-        .to_pylist()
+        [acfg.pairs_per_set, acfg.show_rejected],
     )
+    names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     if not rows:
         return (
             '<p class="muted">No candidate pairs: no training image is within τ of an evaluation image.</p>'

@@ -75,7 +75,9 @@ class DedupStage(Stage):
         cfg = self.config.dedup
         if kind == "shard":
             shard = _stem(arg)
-            table = hash_training_samples(iter_samples(self.run, arg), shard, cfg.batch_size, stats)
+            table = hash_training_samples(
+                iter_samples(self.run, arg), shard, cfg.batch_size, stats, cfg.fast_decode
+            )
             self.run.write_parquet(f"hashes/{shard}.parquet", table)
         else:
             spec = next(s for s in self.config.evalsets if s.name == arg)
@@ -120,7 +122,7 @@ class DedupStage(Stage):
                 needed.setdefault(int(b), set()).add("phash")
 
         # Re-read the candidates' training images from the shards (only shards that hold some).
-        thumbs, meta = train_view_thumbs(self.run, train, needed)
+        thumbs, meta = train_view_thumbs(self.run, train, needed, cfg.fast_decode)
 
         # --- exact duplicates: later copies of the same sha256
         if cfg.exact_dups:

@@ -43,7 +43,7 @@ def empty_overlaps() -> pa.Table:
 
 
 def train_view_thumbs(
-    run: RunDir, train: pa.Table, needed: dict[int, set[str]]
+    run: RunDir, train: pa.Table, needed: dict[int, set[str]], fast_decode: bool = False
 ) -> tuple[dict[tuple[int, str], np.ndarray], dict[int, dict]]:
     """Thumbnails ``{(row, view): 32×32}`` and json metadata ``{row: meta}`` of the training rows in ``needed``.
 
@@ -60,7 +60,7 @@ def train_view_thumbs(
             row = rows.get(sample.key)
             if row is None:
                 continue
-            views = view_thumbs(decode_gray(sample.image))
+            views = view_thumbs(decode_gray(sample.image, fast_decode))
             for v in needed[row]:
                 thumbs[(row, v)] = views[v]
             meta[row] = sample.meta
