@@ -62,14 +62,6 @@ class LinearProbeSpec(Section):
         return self
 
 
-class DuringTrainingConfig(Section):
-    """Zero-shot during training, for the trainer (rank 0) to call through ``eval.during_training``."""
-
-    every_steps: int = Field(0, ge=0, description="run zero-shot every N optimiser steps; 0: never")
-    evalsets: list[str] | None = Field(None, description="names of `evalsets:` entries; None: all")
-    limit: int = Field(1000, ge=1, description="images per eval set, so a check costs seconds")
-
-
 class EvalConfig(Section):
     """Zero-shot, retrieval, linear probe and the All/Overlap/Clean overlap analysis."""
 
@@ -101,4 +93,3 @@ class EvalConfig(Section):
     ci_level: float = Field(
         0.995, gt=0, lt=1, description="Clopper–Pearson level on Overlap accuracy (paper: 99.5%)"
     )
-    during_training: DuringTrainingConfig = Field(default_factory=DuringTrainingConfig)

@@ -57,8 +57,8 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[Any, Any, Any]:
     if key not in _MODEL_CACHE:
         from train.export import load_model
 
-        model, tokenizer, transform = load_model(path)
-        model = model.to(device).eval()
+        model, tokenizer, transform = load_model(path, device)
+        model = model.eval()
         _MODEL_CACHE.clear()  # one model at a time: eval sets are evaluated per checkpoint
         _MODEL_CACHE[key] = (model, tokenizer, transform)
     return _MODEL_CACHE[key]
