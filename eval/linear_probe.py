@@ -10,6 +10,7 @@ converges in far fewer iterations and the C grid means the same thing for every 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -92,8 +93,6 @@ def run_probe(
     Without ``x_val`` a stratified ``val_fraction`` of the training split is held out for the sweep.
     Ties in validation accuracy go to the smaller C (the stronger regulariser).
     """
-    from eval.metrics import classification_metrics
-
     if len(c_grid) == 0:
         raise ValueError("c_grid is empty; give at least one C")
     x_train = np.asarray(x_train, dtype=np.float64)
@@ -107,6 +106,29 @@ def run_probe(
         x_v, y_v = np.asarray(x_val, dtype=np.float64), np.asarray(y_val)
     if len(np.unique(y_fit)) < 2:
         raise ValueError("the probe's training split has fewer than two classes; give more training images")
+
+    with _blas_threads(x_train.size):
+        return _sweep_and_refit(x_fit, y_fit, x_v, y_v, x_test, y_test, c_grid, max_iter, seed)
+
+
+#: Below this many feature values a fit is small enough that BLAS threads cost more than they give
+#: (and on a shared machine spinning threads slow it down many times); above it all cores are used.
+SMALL_PROBLEM = 5_000_000
+
+
+@contextlib.contextmanager
+def _blas_threads(n_values: int):
+    if n_values >= SMALL_PROBLEM:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def _sweep_and_refit(x_fit, y_fit, x_v, y_v, x_test, y_test, c_grid, max_iter: int, seed: int) -> ProbeResult:
+    from eval.metrics import classification_metrics
 
     mean, std = _standardiser(x_fit)
     val_acc: dict[float, float] = {}
