@@ -52,7 +52,7 @@ def demo_config(run: str, web: Path, manifest: dict[str, Any], steps: int) -> di
         "dedup": {"mode": "remove"},
         "train": {"model": "tiny-vit", "steps": steps, "batch_size": 64, "lr": 2e-3, "warmup": 20,
                   "vocab_size": 1000, "checkpoint_every": 100, "log_every": 25, "workers": 1,
-                  "deepspeed_config": str(REPO_ROOT / "infra" / "deepspeed" / "zero2.json")},
+                  "deepspeed_config": str(REPO_ROOT / "infra" / "deepspeed" / "zero2_fp32.json")},
         "eval": {"tasks": ["zeroshot", "linear_probe"], "device": "cpu",
                  "linear_probe": [{"train": "shapes"}]},
     }

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,9 +84,14 @@ def _init_ray(address: str | None, num_cpus: int | None, include_dashboard: bool
     if not has_cluster:
         # Only an embedded instance takes these; ray.init refuses them when connecting.
         kwargs.update(num_cpus=num_cpus, include_dashboard=include_dashboard)
-        # An embedded, one-machine Ray has no reason to listen beyond loopback; Ray binds its node
-        # to the loopback address when "cluster mode" is off (the variable's name is Ray's own).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # An embedded, one-machine Ray has no reason to listen beyond loopback. Ray binds its node to
+        # the loopback address when its "cluster mode" is off: the environment variable (Ray's own
+        # name) reaches the processes it starts, the constant covers a `ray` imported before now.
+        if not _running_local_head():
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
     try:
         ray.init(**kwargs)
     except ValueError:
@@ -93,6 +99,11 @@ def _init_ray(address: str | None, num_cpus: int | None, include_dashboard: bool
         kwargs.pop("num_cpus", None)
         kwargs.pop("include_dashboard", None)
         ray.init(**kwargs)
+
+
+def _running_local_head() -> bool:
+    """Whether `ray start --head` runs on this machine (then ray.init joins it, e.g. under `ray submit`)."""
+    return Path("/tmp/ray/ray_current_cluster").exists()
 
 
 def _remote_execute(stage: Stage, task: Task) -> dict[str, Any]:
