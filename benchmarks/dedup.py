@@ -96,16 +96,24 @@ def _hash(grays, zooms):
     return hashes, thumbs
 
 
-def _detect(t_h, t_th, e_h, e_th, tau, thr, train_views=("phash", "trim"), eval_views=None):
+def _detect(t_h, t_th, e_h, e_th, tau, thr, train_views=("phash", "trim"), eval_views=None, block=65536):
     eval_views = eval_views or list(e_h)
     tv = {v: t_h[v] for v in train_views}
     ev = {v: e_h[v] for v in eval_views}
     p = match_views(tv, np.ones(len(t_h["phash"]), bool), ev, np.ones(len(e_h["phash"]), bool), tau)
-    if len(p["train_row"]) == 0:
-        return p, np.zeros(0)
-    a = np.stack([t_th[v][r] for r, v in zip(p["train_row"], p["train_view"], strict=True)])
-    b = np.stack([e_th[v][r] for r, v in zip(p["eval_row"], p["eval_view"], strict=True)])
-    return p, correlation(a, b)
+    n = len(p["train_row"])
+    score = np.zeros(n)
+    # Gather thumbnails a block of pairs at a time (MNIST yields millions of candidates).
+    t_names, e_names = list(tv), list(ev)
+    t_stack, e_stack = np.stack([t_th[v] for v in t_names]), np.stack([e_th[v] for v in e_names])
+    t_vi = np.array([t_names.index(v) for v in p["train_view"]], int)
+    e_vi = np.array([e_names.index(v) for v in p["eval_view"]], int)
+    for i in range(0, n, block):
+        sl = slice(i, i + block)
+        a = t_stack[t_vi[sl], p["train_row"][sl]]
+        b = e_stack[e_vi[sl], p["eval_row"][sl]]
+        score[sl] = correlation(a, b)
+    return p, score
 
 
 def quality(tau: int, thresholds: dict[str, float], out: Path) -> None:

@@ -72,14 +72,18 @@ def trim_box(
     edge stays within ``tol``.
     """
     h, w = gray.shape
-    g = gray.astype(np.int16)
 
     def run(lines: np.ndarray) -> int:
-        # lines: (k, n) from the outside in; count leading lines that match the outermost colour.
-        ref = np.median(lines[0])
-        ok = (np.abs(lines - ref) <= tol).mean(axis=1) >= min_frac
+        # lines: (k, n) uint8 from the outside in; count leading lines that match the outermost colour.
+        ref = int(np.median(lines[0]))
+        lo, hi = max(0, ref - tol), min(255, ref + tol)
+        outer = lines[0]
+        if np.count_nonzero((outer >= lo) & (outer <= hi)) < min_frac * outer.size:
+            return 0  # the common case, no border: one line looked at
+        ok = np.count_nonzero((lines >= lo) & (lines <= hi), axis=1) >= min_frac * lines.shape[1]
         return int(np.argmin(ok)) if not ok.all() else len(ok)
 
+    g = gray
     kh, kw = max(1, int(h * max_trim)), max(1, int(w * max_trim))
     top = run(g[:kh])
     bottom = run(g[::-1][:kh])
@@ -111,7 +115,7 @@ def view_thumbs(gray: Image.Image, zooms: tuple[float, ...] = ()) -> dict[str, n
     return out
 
 
-def correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 1) -> np.ndarray:
+def correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 1, block: int = 16384) -> np.ndarray:
     """Verification score of paired thumbnails ``a``, ``b`` (``(N, 32, 32)``): the best Pearson correlation
     of their overlapping regions over integer shifts up to ``max_shift`` pixels in x and y.
 
@@ -120,6 +124,13 @@ def correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 1) -> np.ndarray:
     thumbnails score 1 when their levels are within 8 grey levels, else 0; a flat one against a
     textured one scores 0.
     """
+    if len(a) > block:  # bounded memory: float copies of a block at a time
+        return np.concatenate(
+            [
+                correlation(a[i : i + block], b[i : i + block], max_shift, block)
+                for i in range(0, len(a), block)
+            ]
+        )
     a = np.asarray(a, np.float64).reshape(len(a), THUMB, THUMB)
     b = np.asarray(b, np.float64).reshape(len(b), THUMB, THUMB)
     best = np.full(len(a), -1.0)
