@@ -75,12 +75,17 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float]) ->
     if run.exists(RunDir.OVERLAPS):
         ov = run.read_parquet(RunDir.OVERLAPS).to_pandas()
         ov = ov[ov.confirmed] if "confirmed" in ov else ov
+        downloaded: set[str] = set()
+        for part in run.glob("shards/*.parquet"):
+            t = run.read_parquet(part, columns=["url", "status"]).to_pandas()
+            downloaded |= set(t[t.status == "success"].url)
         for name in sorted({p["evalset"] for p in manifest["planted"]}):
             planted = {p["url"] for p in manifest["planted"] if p["evalset"] == name}
             hits = ov[ov.eval_set == name]
             found = len(planted & set(hits.url))
             others = hits[~hits.url.isin(planted)].uid.nunique()
-            lines.append(f"dedup {name}: found {found} of {len(planted)} planted near-duplicates; "
+            lines.append(f"dedup {name}: found {found} of the {len(planted & downloaded)} planted near-duplicates "
+                         f"that balancing kept and download fetched ({len(planted)} planted); "
                          f"{others} other training samples flagged")
     if run.exists("eval/results.parquet"):
         res = run.read_parquet("eval/results.parquet").to_pandas()
@@ -95,7 +100,8 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float]) ->
             lines.append(f"linear probe {row.dataset}: {row.value:.1%}")
     if run.exists("eval/overlap.parquet"):
         for _, r in run.read_parquet("eval/overlap.parquet").to_pandas().iterrows():
-            lines.append(f"overlap analysis {r.dataset}: overlap {r.overlap_pct:.2f}%  acc all "
+            task = f" ({r.task})" if "task" in r else ""
+            lines.append(f"overlap analysis {r.dataset}{task}: overlap {r.overlap_pct:.2f}%  acc all "
                          f"{r.acc_all:.1%}  clean {r.acc_clean:.1%}  all-clean {r.all_minus_clean:+.2%}")
     db = run.full_url(RunDir.AUDIT_DB)
     lines += [

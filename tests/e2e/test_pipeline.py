@@ -61,7 +61,7 @@ def test_every_stage_end_to_end(tmp_path, shared_data, ray_local):
 
     with duckdb.connect(run.full_url(RunDir.AUDIT_DB), read_only=True) as db:
         tables = {r[0] for r in db.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        assert "overlaps" in tables
+        assert {"overlap_pairs", "overlap_rate", "download_status"} <= tables
     assert run.exists(RunDir.AUDIT_PAGE)
     text = summary(run, manifest, {s: 0.0 for s in config.stages})
     assert "zero-shot shapes" in text and "MISMATCH" not in text
