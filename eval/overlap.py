@@ -149,15 +149,22 @@ def overlap_table(predictions: pa.Table, overlaps: pa.Table | None, level: float
     """``overlap.parquet``: one row per (dataset, task, checkpoint) of ``predictions``.
 
     ``predictions`` has dataset, eval_id, correct (and optionally task, checkpoint); ``overlaps`` is
-    dedup's table (eval_set, eval_id, …; several rows per eval image when it matches several training
-    images). An eval image is in Overlap when any overlap row names it; no table means no overlap.
+    dedup's table (eval_set, eval_id, confirmed, …; several rows per eval image when it matches several
+    training images). An eval image is in Overlap when a confirmed row names it (every row when the
+    table has no ``confirmed`` column); no table means no overlap.
     """
     overlap_ids: dict[str, set[str]] = {}
     if overlaps is not None and overlaps.num_rows:
         sets = overlaps.column("eval_set").to_pylist()
         ids = overlaps.column("eval_id").to_pylist()
-        for s, i in zip(sets, ids, strict=True):
-            overlap_ids.setdefault(s, set()).add(str(i))
+        # dedup keeps rejected candidates too (confirmed = False): only confirmed pairs make Overlap
+        if "confirmed" in overlaps.column_names:
+            keep = [bool(c) for c in overlaps.column("confirmed").to_pylist()]
+        else:
+            keep = [True] * len(ids)
+        for s, i, k in zip(sets, ids, keep, strict=True):
+            if k:
+                overlap_ids.setdefault(s, set()).add(str(i))
     cols = predictions.column_names
     n = predictions.num_rows
     datasets = predictions.column("dataset").to_pylist()

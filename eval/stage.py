@@ -439,11 +439,12 @@ def write_overlap_table(run: RunDir, level: float = 0.995) -> pa.Table | None:
     preds = pa.concat_tables(
         [p.select(["dataset", "eval_id", "correct", "task", "checkpoint"]) for p in parts]
     )
-    overlaps = (
-        run.read_parquet(RunDir.OVERLAPS, columns=["eval_set", "eval_id"])
-        if run.exists(RunDir.OVERLAPS)
-        else None
-    )
+    overlaps = None
+    if run.exists(RunDir.OVERLAPS):
+        overlaps = run.read_parquet(RunDir.OVERLAPS)
+        overlaps = overlaps.select(
+            [c for c in ("eval_set", "eval_id", "confirmed") if c in overlaps.column_names]
+        )
     table = overlap_table(preds, overlaps, level)
     run.write_parquet(OVERLAP, table)
     return table

@@ -86,3 +86,12 @@ def test_overlap_table_without_overlaps_is_all_clean():
     preds = pa.table({"dataset": ["a", "a"], "eval_id": ["0", "1"], "correct": [True, False]})
     (row,) = overlap_table(preds, None).to_pylist()
     assert row["n_overlap"] == 0 and row["acc_all"] == row["acc_clean"] == 0.5
+
+
+def test_only_confirmed_overlap_pairs_count():
+    preds = pa.table({"dataset": ["a"] * 3, "eval_id": ["0", "1", "2"], "correct": [True, False, True]})
+    overlaps = pa.table(
+        {"eval_set": ["a", "a", "a"], "eval_id": ["0", "1", "1"], "confirmed": [False, True, False]}
+    )
+    (row,) = overlap_table(preds, overlaps).to_pylist()
+    assert row["n_overlap"] == 1 and row["acc_overlap"] == 0.0 and row["acc_clean"] == 1.0

@@ -172,6 +172,7 @@ def test_eval_stage_end_to_end(trained, tmp_path, shared_data):
                 "label": [0, 0, 5, 1],
                 "uid": ["u1", "u2", "u3", "u4"],
                 "distance": [0, 2, 1, 0],
+                "confirmed": [True, False, True, True],  # u2 was rejected by dedup's verification
             }
         ),
     )
