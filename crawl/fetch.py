@@ -35,7 +35,6 @@ from PIL import Image, UnidentifiedImageError
 
 # img2dataset imports albumentations, which phones home for updates unless told not to
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-from img2dataset.downloader import is_disallowed  # img2dataset's own X-Robots-Tag parser
 
 from crawl.download_config import DownloadConfig
 from crawl.safety import AddressPolicy, RefusedAddress
@@ -137,6 +136,12 @@ class SafeFetcher:
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
+        # img2dataset's own X-Robots-Tag parser. Imported here, in the worker, before any download
+        # thread runs: importing img2dataset takes seconds, and threads importing it concurrently
+        # would all wait on the import lock while their deadlines run. The driver never needs it.
+        from img2dataset.downloader import is_disallowed
+
+        self._is_disallowed = is_disallowed
 
     # ------------------------------------------------------------------ helpers
     def _slot(self, host: str) -> threading.BoundedSemaphore:
@@ -234,7 +239,7 @@ class SafeFetcher:
                     elif status != 200:
                         raise FetchError(f"http_{status}", resp.reason or "")
                     else:
-                        if cfg.disallowed_header_directives and is_disallowed(
+                        if cfg.disallowed_header_directives and self._is_disallowed(
                             resp.headers, cfg.user_agent_token.lower(), set(cfg.disallowed_header_directives)
                         ):
                             raise FetchError(
