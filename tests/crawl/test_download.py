@@ -229,3 +229,76 @@ def test_missing_curated_list_is_a_config_error(make_config, tmp_path):
     pq.write_table(pa.table({"uid": ["a"], "link": ["http://x"]}), bad)
     with pytest.raises(ConfigError, match=r"part-00001\.parquet: missing column"):
         DownloadStage(config, RunDir(str(tmp_path / "run"))).check()
+
+
+def test_https_certificates_are_verified(tmp_path):
+    """A TLS server with a self-signed certificate: the pinned HTTPS connection verifies it and refuses."""
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls = ImageServer([], host="127.0.0.1")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    tls.httpd.socket = ctx.wrap_socket(tls.httpd.socket, server_side=True)
+    try:
+        fetcher = SafeFetcher(DownloadConfig(allow_addresses=["127.0.0.1/32"], timeout=5))
+        _, stream, err = fetcher.download_image_with_retry((0, f"https://127.0.0.1:{tls.port}/img/x.jpg"))
+        assert stream is None and err.startswith("tls_error") and "CERTIFICATE_VERIFY_FAILED" in err
+        assert tls.requests == []  # the handshake failed before any request was sent
+    finally:
+        tls.close()
+
+
+def test_memory_run_downloads_in_the_driver(servers, photos, make_config):
+    """A memory:// run (tasks run inline) writes the same shard layout through fsspec."""
+    import fsspec
+
+    main, _ = servers
+    from crawl.download import DownloadStage
+
+    url = "memory://dl-inline-test/run"
+    fs = fsspec.filesystem("memory")
+    schema = pa.schema(
+        [
+            ("uid", pa.string()),
+            ("url", pa.string()),
+            ("text", pa.string()),
+            ("entry_ids", pa.list_(pa.int32())),
+        ]
+    )
+    rows = [
+        {"uid": f"m{i}", "url": main.url(f"/img/{photos[i].name}?m{i}"), "text": "t", "entry_ids": [i]}
+        for i in range(3)
+    ]
+    rows.append({"uid": "m-bad", "url": "ftp://x/y.jpg", "text": "t", "entry_ids": [9]})
+    with fs.open("/dl-inline-test/run/curated/part-00000.parquet", "wb") as fh:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
+    config = make_config("download.allow_addresses=[127.0.0.1/32]", "download.image_size=32", run=url)
+    result = run_stage(DownloadStage(config, RunDir(url)), progress=False)
+    run = RunDir(url)
+    assert run.glob("shards/*") == ["shards/00000.parquet", "shards/00000.tar", "shards/00000_stats.json"]
+    table = run.read_parquet("shards/00000.parquet")
+    assert sorted(table["uid"].to_pylist()) == ["m-bad", "m0", "m1", "m2"]
+    assert result.stats.counts["success"] == 3 and dict(result.stats.dropped) == {"unsupported_scheme": 1}
+    fs.rm("/dl-inline-test", recursive=True)
