@@ -84,6 +84,18 @@ def token_head(tmp_path_factory):
     assert (home / ".ray" / "auth_token").read_text().strip() == token  # in the temp HOME, not the user's
     env["RAY_AUTH_TOKEN"] = token
     port, dash = _free_port(), _free_port()
+    # Every fixed default port (agent HTTP 52365, client server 10001, metrics…) may already be held by
+    # another Ray on this shared machine; a head that cannot bind them starts without a job agent.
+    extra = [
+        f"--{flag}={_free_port()}"
+        for flag in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    ]
     cmd = [
         RAY,
         "start",
@@ -96,6 +108,7 @@ def token_head(tmp_path_factory):
         "--num-cpus=1",
         "--disable-usage-stats",
         f"--temp-dir=/tmp/rayw{port}",
+        *extra,
     ]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -107,7 +120,7 @@ def token_head(tmp_path_factory):
 
 
 def _submit(
-    address: str, env: dict[str, str], args: list[str], timeout: float = 400
+    address: str, env: dict[str, str], args: list[str], timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """``ray job submit``, retried while the head's dashboard/job agent is still starting."""
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", *args]
