@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -57,21 +61,60 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     env["RAY_AUTH_TOKEN"] = token
     port, dash = free_port(), free_port()
     temp_dir = f"/tmp/ray-{os.getpid()}-{port}"
-    start = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+    # Every fixed default port (agent HTTP 52365, client server 10001, metrics…) may already be held by
+    # another Ray on this machine; a head that loses that race starts without a job agent.
+    extra = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
+    start = [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
              "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-             "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    subprocess.run(start, env=env, check=True, capture_output=True, text=True, timeout=180)
+             "--disable-usage-stats", f"--temp-dir={temp_dir}", *extra]
+    proc = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
+        _wait_for_port(port, proc)
+        _wait_for_port(dash, proc)
         yield RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", token, env)
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop(proc)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray head did not open port {port} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop only this head (never `ray stop`, which kills every Ray on the machine, e.g. a test
+    session's embedded one): SIGTERM `ray start --block`, then SIGKILL whatever it started."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+        proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def job_submit(head: RayHead, args: list[str], env: dict[str, str], timeout: float = 300,
                attempts: int = 40) -> subprocess.CompletedProcess:
     """``ray job submit`` to ``head``; retried while the head's job agent is still starting."""
-    import time
-
     cmd = [RAY, "job", "submit", "--address", head.dashboard_url, *args]
     for _ in range(attempts):
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
