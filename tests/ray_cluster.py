@@ -76,7 +76,7 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
         _wait_for_port(dash, proc)
         yield RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", token, env)
     finally:
-        _stop(proc)
+        stop_head(proc)
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -91,7 +91,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> N
     raise TimeoutError(f"Ray head did not open port {port} within {timeout}s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_head(proc: subprocess.Popen) -> None:
     """Stop only this head (never `ray stop`, which kills every Ray on the machine, e.g. a test
     session's embedded one): SIGTERM `ray start --block`, then SIGKILL whatever it started."""
     try:

@@ -7,50 +7,21 @@ the processes it started — never ``ray stop``, which would kill every Ray on t
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from http_fixtures import ImageServer, write_curated
 
 from pipeline.rundir import RunDir
+from tests.ray_cluster import free_port, stop_head
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the head: SIGTERM `ray start --block` (it stops its node), then SIGKILL what is left."""
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        family = []
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-        proc.wait(timeout=10)
-    _, alive = psutil.wait_procs(family, timeout=10)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +54,11 @@ def token_head(tmp_path_factory):
     )
     assert (home / ".ray" / "auth_token").read_text().strip() == token  # in the temp HOME, not the user's
     env["RAY_AUTH_TOKEN"] = token
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # Every fixed default port (agent HTTP 52365, client server 10001, metrics…) may already be held by
     # another Ray on this shared machine; a head that cannot bind them starts without a job agent.
     extra = [
-        f"--{flag}={_free_port()}"
+        f"--{flag}={free_port()}"
         for flag in (
             "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port",
@@ -116,7 +87,7 @@ def token_head(tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        _stop(proc)
+        stop_head(proc)
 
 
 def _submit(
