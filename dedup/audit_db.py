@@ -3,7 +3,7 @@
 Tables are materialised (the parquet rows are copied into the database), so the file answers
 queries after it is moved or the run directory is deleted. Artifacts that are absent (a stage not
 run yet) are skipped and listed in ``audit_tables`` with ``present = false``; views that need a
-missing table are not created. See docs/dedup-audit.md for every table, view and auditor query.
+missing table are not created. See README.md (auditors section) for every table, view and auditor query.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pydantic import Field
 from pipeline.section import Section
 
 # Defaults chosen from measurements on CIFAR-10 test, MNIST test and the shared photos
-# (docs/benchmarks-dedup.md): tau 10 keeps recall on the transforms; a thumbnail correlation
+# (BENCHMARKS.md (dedup section)): tau 10 keeps recall on the transforms; a thumbnail correlation
 # of 0.90 (best over ±1 px shifts) removes the false pairs pHash lets through on photos and CIFAR-10;
 # line art such as MNIST needs 0.99 (set per eval set in `per_set`).
 DEFAULT_TAU = 10

@@ -4,7 +4,7 @@ pHash keeps 64 sign bits of low DCT frequencies; distinct but similar images (MN
 class, flat-background product shots) collide within small radii. The check here compares the
 actual aligned pixels: the Pearson correlation of the two 32×32 grayscale thumbnails of the view
 pair that matched (same crop/trim on each side). It is invariant to brightness and contrast, close
-to 1 for resized / re-encoded copies, and measured in docs/benchmarks-dedup.md.
+to 1 for resized / re-encoded copies, and measured in BENCHMARKS.md (dedup section).
 """
 
 from __future__ import annotations
