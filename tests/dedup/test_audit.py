@@ -39,8 +39,11 @@ def audited_run(tmp_path_factory, shared_data, repo_root, ray_local):
 
 
 def _queries(repo_root) -> list[str]:
-    text = (repo_root / "docs" / "dedup-audit.md").read_text(encoding="utf-8")
-    return DOC_QUERIES.findall(text)
+    """The SQL blocks of the README's "Auditor questions" section, in order."""
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = text.split("#### Auditor questions", 1)[1]
+    section = re.split(r"\n#{1,4} ", section, maxsplit=1)[0]
+    return DOC_QUERIES.findall(section)
 
 
 def test_every_documented_query_runs_and_answers(audited_run, repo_root):
