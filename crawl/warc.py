@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urljoin
 
 import fsspec
@@ -78,8 +80,13 @@ def pairs_from_html(html: str, page_url: str, sink: PairSink, use_title: bool = 
         sink.add(url, text, page_url)
 
 
-def read_warc(url: str, sink: PairSink, stats: Stats, use_title: bool = True) -> None:
-    """Extract pairs from every HTML response of the WARC file at ``url``."""
+def _records(url: str, warc_type: str, stats: Stats) -> Iterator[tuple[Any, bytes]]:
+    """Yield ``(record, block)`` for each complete record of ``warc_type`` in the file at ``url``.
+
+    A broken record header, a gzip member cut short or a block shorter than its Content-Length ends
+    the file with one ``malformed_record`` drop: the reader cannot resynchronise past it, and what
+    was read before it is kept. Records of other types are counted as ``records_not_<type>``.
+    """
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     with fsspec.open(url, "rb", compression="infer") as fh:
@@ -88,77 +95,68 @@ def read_warc(url: str, sink: PairSink, stats: Stats, use_title: bool = True) ->
             try:
                 rec = next(it)
             except StopIteration:
-                break
+                return
             except Exception:  # the reader cannot go on past a broken record header
                 stats.drop("malformed_record")
-                break
+                return
             stats.inc("records")
-            if rec.headers.get("WARC-Type") != "response":
-                stats.inc("records_not_response")
+            if rec.headers.get("WARC-Type") != warc_type:
+                stats.inc(f"records_not_{warc_type}")
                 continue
             try:
                 block = rec.reader.read()
             except Exception:  # e.g. EOFError from a gzip member cut short: the stream ends here
                 stats.drop("malformed_record")
-                break
+                return
             if rec.content_length is not None and len(block) < rec.content_length:
                 stats.drop("malformed_record")  # clipped: the file ends inside this record
-                break
-            parsed = _split_http(block)
-            if parsed is None:
-                stats.drop("malformed_record")
-                continue
-            headers, body = parsed
-            ctype = headers.get("content-type", "")
-            if ctype and "html" not in ctype.lower():
-                stats.inc("records_not_html")
-                continue
-            page_url = rec.headers.get("WARC-Target-URI") or ""
-            stats.inc("records_html")
-            pairs_from_html(_decode_html(body, ctype), page_url, sink, use_title)
+                return
+            yield rec, block
+
+
+def read_warc(url: str, sink: PairSink, stats: Stats, use_title: bool = True) -> None:
+    """Extract pairs from every HTML response of the WARC file at ``url``."""
+    for rec, block in _records(url, "response", stats):
+        parsed = _split_http(block)
+        if parsed is None:
+            stats.drop("malformed_record")
+            continue
+        headers, body = parsed
+        ctype = headers.get("content-type", "")
+        if ctype and "html" not in ctype.lower():
+            stats.inc("records_not_html")
+            continue
+        page_url = rec.headers.get("WARC-Target-URI") or ""
+        stats.inc("records_html")
+        pairs_from_html(_decode_html(body, ctype), page_url, sink, use_title)
 
 
 def read_wat(url: str, sink: PairSink, stats: Stats) -> None:
     """Extract ``IMG@/src`` links with their alt text from every metadata record of a WAT file."""
-    from fastwarc.warc import ArchiveIterator, WarcRecordType
-
-    with fsspec.open(url, "rb", compression="infer") as fh:
-        it = ArchiveIterator(fh, parse_http=False, record_types=WarcRecordType.any_type)
-        while True:
-            try:
-                rec = next(it)
-            except StopIteration:
-                break
-            except Exception:
-                stats.drop("malformed_record")
-                break
-            stats.inc("records")
-            if rec.headers.get("WARC-Type") != "metadata":
-                stats.inc("records_not_metadata")
+    for _rec, block in _records(url, "metadata", stats):
+        try:
+            meta = json.loads(block)
+            env = meta["Envelope"]
+        except (ValueError, KeyError, TypeError):
+            stats.drop("malformed_record")
+            continue
+        page_url = (env.get("WARC-Header-Metadata") or {}).get("WARC-Target-URI") or ""
+        html_meta = ((env.get("Payload-Metadata") or {}).get("HTTP-Response-Metadata") or {}).get(
+            "HTML-Metadata"
+        ) or {}
+        base = page_url
+        head_base = (html_meta.get("Head") or {}).get("Base")
+        if head_base:
+            with contextlib.suppress(ValueError):
+                base = urljoin(page_url, head_base)
+        stats.inc("records_html")
+        for link in html_meta.get("Links") or []:
+            if not isinstance(link, dict) or link.get("path") != "IMG@/src":
                 continue
+            stats.inc("imgs")
+            src = (link.get("url") or "").strip()
             try:
-                meta = json.loads(rec.reader.read())
-                env = meta["Envelope"]
-            except (ValueError, KeyError, TypeError):
-                stats.drop("malformed_record")
-                continue
-            page_url = (env.get("WARC-Header-Metadata") or {}).get("WARC-Target-URI") or ""
-            html_meta = ((env.get("Payload-Metadata") or {}).get("HTTP-Response-Metadata") or {}).get(
-                "HTML-Metadata"
-            ) or {}
-            base = page_url
-            head_base = (html_meta.get("Head") or {}).get("Base")
-            if head_base:
-                with contextlib.suppress(ValueError):
-                    base = urljoin(page_url, head_base)
-            stats.inc("records_html")
-            for link in html_meta.get("Links") or []:
-                if not isinstance(link, dict) or link.get("path") != "IMG@/src":
-                    continue
-                stats.inc("imgs")
-                src = (link.get("url") or "").strip()
-                try:
-                    img_url = urljoin(base, src) if src else ""
-                except ValueError:
-                    img_url = ""
-                sink.add(img_url, link.get("alt") or link.get("title"), page_url)
+                img_url = urljoin(base, src) if src else ""
+            except ValueError:
+                img_url = ""
+            sink.add(img_url, link.get("alt") or link.get("title"), page_url)
