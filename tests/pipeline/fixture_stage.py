@@ -22,8 +22,11 @@ class HashLinesStage(Stage):
     name = "hash_lines"
 
     def __init__(self, config, run, input_dir: str, delay: float = 0.0, fail_dir: str | None = None,
-                 always_fail: tuple[str, ...] = ()):
+                 always_fail: tuple[str, ...] = (), stall_from: int | None = None):
         super().__init__(config, run)
+        # Tasks at this position (in sorted order) and after sleep for ten minutes: a kill test can
+        # then interrupt the stage at a chosen point however loaded the machine is.
+        self.stall_from = stall_from
         self.input_dir = input_dir
         self.delay = delay
         self.fail_dir = fail_dir
@@ -42,6 +45,8 @@ class HashLinesStage(Stage):
                 raise RuntimeError(f"first attempt of {task.id} fails")
         lines = Path(task.payload).read_text().splitlines()
         time.sleep(self.delay)
+        if self.stall_from is not None and self._position(task) >= self.stall_from:
+            time.sleep(600)
         kept = [ln for ln in lines if ln.strip()]
         stats.inc("in", len(lines))
         stats.inc("out", len(kept))
@@ -53,6 +58,9 @@ class HashLinesStage(Stage):
             "sha256": [hashlib.sha256(t.encode()).hexdigest() for t in kept],
         })
         self.run.write_parquet(f"lines/{task.id}.parquet", table)
+
+    def _position(self, task: Task) -> int:
+        return [t.id for t in self.tasks()].index(task.id)
 
     def finalize(self, stats: Stats) -> None:
         total = sum(self.run.read_parquet(p).num_rows for p in self.run.glob("lines/*.parquet"))

@@ -20,9 +20,10 @@ DRIVER = Path(__file__).with_name("drive_stage.py")
 N_FILES = 10
 
 
-def _start(run: Path, inputs: Path, delay: float) -> subprocess.Popen:
+def _start(run: Path, inputs: Path, delay: float, stall_from: int | None = None) -> subprocess.Popen:
+    stall = [] if stall_from is None else ["--stall-from", str(stall_from)]
     return subprocess.Popen(
-        [sys.executable, str(DRIVER), "--run", str(run), "--input", str(inputs), "--delay", str(delay)],
+        [sys.executable, str(DRIVER), "--run", str(run), "--input", str(inputs), "--delay", str(delay), *stall],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
@@ -77,16 +78,18 @@ def reference(tmp_path_factory):
 def test_sigkill_of_the_driver_then_rerun_is_exact(tmp_path, reference):
     inputs, expected = reference
     run = tmp_path / "run"
-    proc = _start(run, inputs, delay=1.0)
-    markers = run / "_done" / "hash_lines"
     target = random.Random(os.getpid()).randint(1, N_FILES - 2)  # a random moment mid-stage
+    print(f"killing the driver once {target} of {N_FILES} tasks are done")
+    # Tasks from `target` on stall, so the kill lands mid-stage however slow the machine is.
+    proc = _start(run, inputs, delay=0.2, stall_from=target)
+    markers = run / "_done" / "hash_lines"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(markers.glob("part-*"))) < target:
         time.sleep(0.05)
-    assert proc.poll() is None, "the stage finished before it could be killed"
+    assert proc.poll() is None, "the driver exited before it could be killed"
     _kill_group(proc)
     done_before = len(list(markers.glob("part-*")))
-    assert done_before < N_FILES
+    assert 0 < done_before < N_FILES
     out = _finish(_start(run, inputs, delay=0.0))
     assert f"skipped={done_before}" in out
     assert _outputs(run) == expected  # every shard exactly once, bit-identical
