@@ -139,6 +139,12 @@ class MatchConfig(Section):
         description="case- and Unicode-insensitive matching (NFKC + casefold of entries and text); "
         "default False = MetaCLIP's exact, case-sensitive semantics",
     )
+    engine: Literal["token_trie", "aho_corasick"] = Field(
+        "token_trie",
+        description="matching engine; both give exactly MetaCLIP's result: token_trie (token ids walked "
+        "through a trie of entries, vectorised in NumPy; the fastest) or aho_corasick (ahocorasick_rs "
+        "over the spaced bytes of each batch)",
+    )
     batch_rows: int = Field(65_536, ge=1, description="rows matched per batch (bounds worker memory)")
 
 

@@ -2,159 +2,149 @@
 
 MetaCLIP (``metaclip/substr_matching.py``) pads the text with spaces, wraps ``, . ; : ? ! ` `` in
 spaces, turns tab/CR/LF into spaces, and reports every entry whose ``" " + entry + " "`` occurs in
-that text, case-sensitively. :class:`Matcher` gives exactly that answer, fast:
+that text, case-sensitively. :class:`Matcher` gives exactly that answer for a whole Arrow batch at
+a time, with one of two exact engines (``match.engine``):
 
-* the spacing is done column-wise by Arrow compute kernels (no per-row Python);
-* the spaced rows of a batch sit back to back in one Arrow UTF-8 buffer, which is scanned in one
-  call by ``ahocorasick_rs.BytesAhoCorasick`` (overlapping matches, so no match hides another);
-  a hit is assigned to its row by its byte offset, and a hit that straddles two rows is discarded,
-  so the result is the same as scanning each row alone. Matching UTF-8 bytes is equivalent to
-  matching code points because every pattern starts and ends with an ASCII space and UTF-8 is
-  self-synchronising.
+* ``token_trie`` (default, :mod:`crawl.token_trie`): token ids and a trie walked for all token
+  positions at once in NumPy;
+* ``aho_corasick`` (:mod:`crawl.aho_corasick`): one ``ahocorasick_rs`` scan of the batch.
 
+Both see the batch spaced by :func:`crawl.spacing.space_batch` (column-wise, no per-row Python) and
+return (row, pattern) hits, which this module turns into sorted, unique entry ids per row.
 :func:`reference_match` is a plain, independent implementation used by the tests and benchmark.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
-import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-#: MetaCLIP's punctuation wrapped in spaces, and characters turned into a space.
-PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")
-CHARS_TO_SPACE = ("\t", "\n", "\r")
+from crawl.spacing import CHARS_TO_SPACE, PUNCTS_TO_WRAP, SpacedBatch, normalize_text, space_batch, spacing
 
+__all__ = [
+    "CHARS_TO_SPACE",
+    "ENGINES",
+    "PUNCTS_TO_WRAP",
+    "Matcher",
+    "cached_matcher",
+    "normalize_text",
+    "reference_match",
+    "spacing",
+]
 
-def spacing(text: str) -> str:
-    """MetaCLIP's text spacing, one string at a time (the reference behaviour)."""
-    spaced = f" {text} "
-    for p in PUNCTS_TO_WRAP:
-        spaced = spaced.replace(p, f" {p} ")
-    for c in CHARS_TO_SPACE:
-        spaced = spaced.replace(c, " ")
-    return spaced
-
-
-def normalize_text(text: str) -> str:
-    """Case- and Unicode-insensitive form used when ``match.normalize`` is on: NFKC, then casefold."""
-    return unicodedata.normalize("NFKC", text).casefold()
+Engine = Literal["token_trie", "aho_corasick"]
+ENGINES: tuple[Engine, ...] = ("token_trie", "aho_corasick")
 
 
-def spacing_array(texts: pa.Array) -> pa.Array:
-    """:func:`spacing` over an Arrow string array (nulls become empty text), column-wise."""
-    if pa.types.is_large_string(texts.type):
-        texts = texts.cast(pa.string())
-    texts = pc.fill_null(texts, "")
-    for p in PUNCTS_TO_WRAP:
-        texts = pc.replace_substring(texts, p, f" {p} ")
-    for c in CHARS_TO_SPACE:
-        texts = pc.replace_substring(texts, c, " ")
-    return pc.binary_join_element_wise("", texts, "", " ")
+class _Engine(Protocol):
+    def find(self, batch: SpacedBatch) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _make_engine(name: str, patterns: pa.StringArray) -> _Engine:
+    if name == "token_trie":
+        from crawl.token_trie import TokenTrieEngine
+
+        return TokenTrieEngine(patterns)
+    if name == "aho_corasick":
+        from crawl.aho_corasick import AhoCorasickEngine
+
+        return AhoCorasickEngine(patterns)
+    raise ValueError(f"unknown match engine {name!r}; choose one of {', '.join(ENGINES)}")
 
 
 class Matcher:
-    """An Aho-Corasick automaton over ``" " + entry + " "`` patterns; build once, match many batches.
+    """Matches entries in batches of texts; build once (per worker), match many batches.
 
-    ``entries[i]`` has id ``entry_ids[i]`` (default ``i``). Entries that are empty, or that collide
-    after normalisation, are handled: every id whose pattern occurs is reported.
+    ``entries[i]`` has id ``entry_ids[i]`` (default ``i``). Empty entries never match (MetaCLIP
+    drops them; an empty pattern would match everywhere). Entries equal after normalisation are
+    one pattern, and every id of a pattern that occurs is reported.
     """
 
     def __init__(
-        self, entries: Sequence[str], entry_ids: Sequence[int] | None = None, normalize: bool = False
+        self,
+        entries: Sequence[str],
+        entry_ids: Sequence[int] | None = None,
+        normalize: bool = False,
+        engine: Engine = "token_trie",
     ):
-        import ahocorasick_rs
-
         ids = (
             np.arange(len(entries), dtype=np.int32) if entry_ids is None else np.asarray(entry_ids, np.int32)
         )
         if len(ids) != len(entries):
             raise ValueError("entries and entry_ids differ in length")
         self.normalize = normalize
-        # Group ids by pattern: usually one id per pattern; duplicates only after normalisation.
-        by_pattern: dict[bytes, list[int]] = {}
-        for entry, eid in zip(entries, ids.tolist(), strict=True):
-            if not entry:
-                continue  # MetaCLIP drops empty entries; an empty pattern would match everywhere
-            key = normalize_text(entry) if normalize else entry
-            by_pattern.setdefault(f" {key} ".encode(), []).append(eid)
-        patterns = list(by_pattern)
+        self.engine_name = engine
+        # Entries in id order, empty ones dropped, normalised if asked: dictionary-encoding them gives
+        # the distinct patterns in order of their smallest id (so hits sorted by pattern are sorted
+        # by id) and, per entry, its pattern.
+        order = np.argsort(ids, kind="stable")
+        texts = [entries[i] for i in order.tolist()]
+        keep = np.fromiter(map(bool, texts), bool, count=len(texts))
+        if normalize:
+            texts = [normalize_text(e) for e in texts]
+        encoded = pa.array(texts, pa.string()).filter(pa.array(keep)).dictionary_encode()
+        patterns: pa.StringArray = encoded.dictionary
+        pattern_of = encoded.indices.to_numpy().astype(np.int64)
+        kept_ids = ids[order][keep]
+        by_pattern = np.argsort(pattern_of, kind="stable")  # ids ascend within each group
+        sizes = np.bincount(pattern_of, minlength=len(patterns))
         self.n_patterns = len(patterns)
-        groups = list(by_pattern.values())
-        self._simple = all(len(g) == 1 for g in groups)
-        self._pattern_first = np.array([g[0] for g in groups], dtype=np.int32)
-        self._groups = groups
-        self._lock = threading.Lock()
-        self._ac = ahocorasick_rs.BytesAhoCorasick(patterns) if patterns else None
+        self._group_offsets = np.zeros(len(patterns) + 1, np.int64)
+        np.cumsum(sizes, out=self._group_offsets[1:])
+        self._group_ids = kept_ids[by_pattern]
+        self._simple = bool(np.all(sizes == 1))
+        self._engine = _make_engine(engine, patterns) if len(patterns) else None
 
     def match_array(self, texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
         """Matched entry ids (sorted, unique) for every text, as an Arrow ``list<int32>`` array."""
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
         n = len(texts)
+        if self._engine is None or n == 0:
+            return _list_array(n, np.empty(0, np.int64), np.empty(0, np.int32))
         if self.normalize:
             texts = pa.array(
                 [normalize_text(t) if t is not None else "" for t in texts.to_pylist()], pa.string()
             )
-        spaced = spacing_array(texts)
-        offsets = np.frombuffer(spaced.buffers()[1], dtype=np.int32, count=n + 1, offset=spaced.offset * 4)
-        data = spaced.buffers()[2]
-        if self._ac is None or n == 0 or data is None:
-            return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.int32()))
-        base = int(offsets[0])
-        hay = np.frombuffer(data, dtype=np.uint8)[base : int(offsets[-1])]  # zero-copy u8 view
-        # The automaton is read-only; the lock only guards against the documented buffer caveat
-        # when a worker runs batches in threads.
-        with self._lock:
-            hits = self._ac.find_matches_as_indexes(hay, overlapping=True)
-        rows_ids = self._rows_and_ids(hits, offsets - base)
-        return self._to_list_array(n, *rows_ids)
-
-    def _rows_and_ids(
-        self, hits: list[tuple[int, int, int]], offsets: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if not hits:
-            return np.empty(0, np.int64), np.empty(0, np.int32)
-        flat = np.fromiter(itertools.chain.from_iterable(hits), dtype=np.int64, count=3 * len(hits))
-        pat, start, end = flat[0::3], flat[1::3], flat[2::3]
-        row = np.searchsorted(offsets, start, side="right") - 1
-        inside = end <= offsets[row + 1]  # a hit across two rows' padding is not a match
-        pat, row = pat[inside], row[inside]
-        # unique (row, pattern) pairs, sorted by row; hits arrive almost sorted, so a sort + diff
-        # beats np.unique's hash path by far
-        key = np.sort(row * self.n_patterns + pat)
-        if len(key) > 1:
-            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
-        row, pat = key // self.n_patterns, key % self.n_patterns
-        if self._simple:
-            return row, self._pattern_first[pat]
-        rows_out, ids_out = [], []
-        for r, p in zip(row.tolist(), pat.tolist(), strict=True):
-            for eid in self._groups[p]:
-                rows_out.append(r)
-                ids_out.append(eid)
-        return np.asarray(rows_out, np.int64), np.asarray(ids_out, np.int32)
-
-    @staticmethod
-    def _to_list_array(n: int, rows: np.ndarray, ids: np.ndarray) -> pa.ListArray:
-        # Sort ids within each row so output does not depend on automaton pattern order; with
-        # ascending ids (the usual case) they already are.
-        if len(ids) > 1 and not np.all((rows[1:] > rows[:-1]) | (ids[1:] > ids[:-1])):
-            order = np.lexsort((ids, rows))
-            rows, ids = rows[order], ids[order]
-        counts = np.bincount(rows, minlength=n)
-        offsets = np.zeros(n + 1, np.int32)
-        np.cumsum(counts, out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.astype(np.int32)))
+        rows, patterns = self._engine.find(space_batch(texts))
+        rows, ids = self._unique_ids(rows, patterns)
+        return _list_array(n, rows, ids)
 
     def match(self, text: str) -> list[int]:
         """Matched entry ids of one text (convenience; batches via :meth:`match_array` are far faster)."""
         return self.match_array(pa.array([text], pa.string()))[0].as_py()
+
+    def _unique_ids(self, rows: np.ndarray, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unique (row, entry id) pairs, sorted by row then id."""
+        if not len(rows):
+            return rows, np.empty(0, np.int32)
+        # One sort of a combined key (row in the high bits, so shifts split it again): numpy's SIMD
+        # sort beats np.unique's hashing by far here.
+        bits = np.int64(max(1, (self.n_patterns - 1).bit_length()))
+        key = np.sort((rows << bits) | patterns)
+        key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+        rows, patterns = key >> bits, key & ((np.int64(1) << bits) - 1)
+        if self._simple:
+            return rows, self._group_ids[patterns]
+        # A normalised pattern can stand for several entries: one output per id of its group.
+        starts, sizes = self._group_offsets[patterns], np.diff(self._group_offsets)[patterns]
+        rows = np.repeat(rows, sizes)
+        within = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        ids = self._group_ids[np.repeat(starts, sizes) + within]
+        # Groups of different patterns can interleave in id order.
+        order = np.lexsort((ids, rows))
+        return rows[order], ids[order]
+
+
+def _list_array(n: int, rows: np.ndarray, ids: np.ndarray) -> pa.ListArray:
+    """``list<int32>`` of ``n`` rows from (row, id) pairs sorted by row."""
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.astype(np.int32, copy=False)))
 
 
 # ----------------------------------------------------------------------------- per-worker cache
@@ -162,16 +152,16 @@ _CACHE: dict[tuple, Matcher] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_matcher(key: tuple, build) -> Matcher:
+def cached_matcher(key: tuple, build: Callable[[], Matcher]) -> Matcher:
     """The matcher for ``key`` in this worker process, built by ``build()`` the first time only.
 
-    ``key`` must identify what defines the automaton (entries file URL, its size/mtime, normalize),
-    so a Ray worker that runs many match tasks builds the automaton once.
+    ``key`` must identify what defines the matcher (entries file URL, its size/mtime, normalize,
+    engine), so a Ray worker that runs many match tasks builds it once.
     """
     with _CACHE_LOCK:
         m = _CACHE.get(key)
         if m is None:
-            _CACHE.clear()  # one vocabulary at a time: a 500k automaton is hundreds of MB
+            _CACHE.clear()  # one vocabulary at a time: a 500k matcher is hundreds of MB
             m = _CACHE[key] = build()
         return m
 
@@ -180,9 +170,10 @@ def cached_matcher(key: tuple, build) -> Matcher:
 def reference_match(texts: Iterable[str], entries: Sequence[str], normalize: bool = False) -> list[list[int]]:
     """Plain reference: entry ``i`` matches iff ``" " + entries[i] + " "`` is a substring of ``spacing(text)``.
 
-    Implemented without Aho-Corasick: a pattern starts and ends with a space, so it occurs iff some
-    slice of the spaced text between two space positions (inclusive) equals it; every such slice no
-    longer than the longest pattern is looked up in a dict. Returns sorted ids per text.
+    Implemented without Aho-Corasick or tokens: a pattern starts and ends with a space, so it
+    occurs iff some slice of the spaced text between two space positions (inclusive) equals it;
+    every such slice no longer than the longest pattern is looked up in a dict. Returns sorted ids
+    per text.
     """
     norm = normalize_text if normalize else (lambda s: s)
     index: dict[str, list[int]] = {}
