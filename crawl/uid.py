@@ -48,18 +48,40 @@ def uid_to_u64(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser over a uint64 array (wrapping arithmetic)."""
-    x = x.astype(np.uint64, copy=True)
+    """SplitMix64 finaliser over a uint64 array (a new array; wrapping arithmetic)."""
     with np.errstate(over="ignore"):
-        x += np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = np.add(x, np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)  # the one copy; in place after
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
     return x
 
 
+DRAW_BITS = 53
+
+
+def entry_keys(entry_ids: np.ndarray, seed: int) -> np.ndarray:
+    """The per-(entry, seed) half of a pair's hash, as uint64."""
+    return splitmix64(entry_ids.astype(np.uint64) ^ splitmix64(np.full(1, seed, np.uint64)))
+
+
+def pair_draws(uid64: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """A uniform 53-bit integer for each (uid, entry key) pair (``keys`` from :func:`entry_keys`)."""
+    return splitmix64(uid64 ^ keys) >> np.uint64(64 - DRAW_BITS)
+
+
+def draw_thresholds(p: np.ndarray) -> np.ndarray:
+    """``ceil(p * 2**53)`` as uint64: ``draw < threshold`` exactly when ``draw / 2**53 < p``.
+
+    (``draw`` is an integer below 2**53, so both sides are exact in float64.) Comparing integers
+    avoids NumPy's slow uint64 → float64 conversion.
+    """
+    return np.ceil(np.asarray(p, np.float64) * float(1 << DRAW_BITS)).astype(np.uint64)
+
+
 def pair_uniform(uid64: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) for each (uid, entry_id) under ``seed``: deterministic and independent."""
-    e = splitmix64(entry_ids.astype(np.uint64) ^ splitmix64(np.full(1, seed, np.uint64)))
-    h = splitmix64(uid64 ^ e)
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    draws = pair_draws(uid64, entry_keys(entry_ids, seed))
+    return draws.astype(np.int64).astype(np.float64) * (1.0 / (1 << DRAW_BITS))

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from crawl.balance import BalanceStage, expected_keep, keep_mask
-from crawl.uid import make_uid
+from crawl.uid import draw_thresholds, make_uid, pair_uniform, uid_to_u64
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
 
@@ -112,3 +112,40 @@ def test_multi_entry_rows_keep_probability():
     keep = keep_mask(uids, pa.array([[0, 1]] * n, pa.list_(pa.int32())), np.array([0.5, 0.2]), seed=11)
     assert abs(keep.mean() - 0.6) < 5 * math.sqrt(0.6 * 0.4 / n)
     assert abs(expected_keep(pa.array([[0, 1]], pa.list_(pa.int32())), np.array([0.5, 0.2])) - 0.6) < 1e-12
+
+
+def _plain_keep(uids: list[str], ids: list[list[int]], p: np.ndarray, seed: int) -> np.ndarray:
+    """The definition, pair by pair: kept iff some entry's draw u(uid, entry, seed) < p[entry]."""
+    u64 = uid_to_u64(pa.array(uids))
+    return np.array(
+        [
+            any(pair_uniform(u64[r : r + 1], np.array([e]), seed)[0] < p[e] for e in row)
+            for r, row in enumerate(ids)
+        ]
+    )
+
+
+def test_shortcut_for_sure_entries_decides_like_the_definition():
+    rng = random.Random(5)
+    n_entries = 40
+    p = np.array([1.0 if e % 3 == 0 else rng.choice([0.0, 0.05, 0.5, 0.999]) for e in range(n_entries)])
+    ids = [sorted(rng.sample(range(n_entries), rng.randint(0, 4))) for _ in range(3_000)]
+    uids = [make_uid(f"https://x.org/{i}", "c") for i in range(len(ids))]
+    want = _plain_keep(uids, ids, p, seed=9)
+    arr = pa.array(ids, pa.list_(pa.int32()))
+    assert (keep_mask(pa.array(uids), arr, p, seed=9) == want).all()
+    # a slice of the arrays (offsets not starting at 0) decides the same for its rows
+    sliced = keep_mask(pa.array(uids).slice(100, 500), arr.slice(100, 500), p, seed=9)
+    assert (sliced == want[100:600]).all()
+    assert 0 < want.sum() < len(ids)
+
+
+def test_integer_thresholds_equal_float_comparison():
+    rng = np.random.default_rng(1)
+    p = np.concatenate(([0.0, 1.0, 0.5, 0.1, 1 / 3, 2.0**-53, 1 - 2.0**-53], rng.random(1000)))
+    thr = draw_thresholds(p)
+    for q, t in zip(p, thr, strict=True):
+        draws = np.array([0, 1, 2**52, 2**53 - 1], np.uint64)
+        near = np.array([max(int(t) - 1, 0), int(t), min(int(t) + 1, 2**53 - 1)], np.uint64)
+        for d in np.concatenate((draws, near)):
+            assert (d < t) == (float(d) / 2**53 < q), (q, d)
