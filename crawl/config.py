@@ -123,6 +123,12 @@ class ExtractConfig(Section):
     rows_per_part: int = Field(
         500_000, ge=1, description="a tabular input file is split into parts of this many rows"
     )
+    dedup_bucket_rows: int = Field(
+        5_000_000,
+        ge=1,
+        description="cross-file duplicate removal hash-partitions the pool's uids into buckets of about this "
+        "many (one Ray task holds a bucket: ~100 bytes per uid at peak)",
+    )
 
 
 class MatchConfig(Section):

@@ -4,7 +4,8 @@ One task per input file (``extract.inputs``: WARC, WAT, parquet, jsonl, csv, tsv
 URLs allowed), run in parallel on Ray. Each task writes ``pool/part-<input>-<file>-<k>.parquet``
 (uid, url, text, page_url, source), at most ``rows_per_part`` rows each. Exact duplicates of
 (url, text) are dropped within a task, then across tasks in :meth:`ExtractStage.finalize` (the
-first occurrence in task order is kept), so the pool holds each uid once.
+first occurrence in part order is kept) by a hash-partitioned shuffle of uids over Ray tasks
+(:mod:`crawl.pool_dedup`; no process holds every uid), so the pool holds each uid once.
 
 Counts: ``candidates = out + Σ pair drops`` (empty_alt, alt_too_long, non_utf8, not_http, duplicate);
 ``malformed_record`` counts broken records of the inputs.
@@ -14,8 +15,7 @@ from __future__ import annotations
 
 import sys
 
-import pyarrow as pa
-
+from crawl import pool_dedup
 from crawl.config import ExtractInput
 from crawl.pairs import PairSink
 from crawl.paths import expand
@@ -52,6 +52,7 @@ class ExtractStage(Stage):
     def process(self, task: Task, stats: Stats) -> None:
         i, url = task.payload
         cfg = self.config.extract
+        pool_dedup.invalidate(self.run)  # pool parts change: a previous cross-file shuffle is stale
         spec: ExtractInput = cfg.inputs[i]
         sink = PairSink(stats, spec.source or spec.kind, cfg.min_text_chars, cfg.max_text_chars)
         if spec.kind == "warc":
@@ -74,27 +75,29 @@ class ExtractStage(Stage):
 
     def finalize(self, stats: Stats) -> None:
         """Drop (url, text) duplicates across tasks, keeping the first in part order."""
+        from pipeline.runner import run_stage
+
         parts = self.run.glob("pool/part-*.parquet")
-        seen: set[str] = set()
+        buckets, groups = pool_dedup.layout(
+            stats.counts["out"], len(parts), self.config.extract.dedup_bucket_rows
+        )
+        shape = {"parts": parts, "buckets": buckets, "groups": groups}
+        shape_file = f"{pool_dedup.DEDUP_DIR}/layout.json"
+        if self.run.exists(shape_file) and self.run.read_json(shape_file) != shape:
+            pool_dedup.invalidate(self.run)  # a shuffle of another layout was interrupted: start over
+        self.run.write_json(shape_file, shape)
         removed = 0
-        for part in parts:
-            uids = self.run.read_parquet(part, columns=["uid"]).column("uid").to_pylist()
-            keep = []
-            for u in uids:
-                keep.append(u not in seen)
-                seen.add(u)
-            dups = len(keep) - sum(keep)
-            if dups:
-                table = self.run.read_parquet(part).filter(pa.array(keep))
-                self.run.write_parquet(part, table)
-                removed += dups
+        for sub in (pool_dedup.UidMap, pool_dedup.DuplicateReduce, pool_dedup.DuplicateApply):
+            result = run_stage(sub(self.config, self.run, parts, buckets, groups), progress=False)
+            removed += result.stats.dropped["duplicate"]
+        self.run.remove(pool_dedup.DEDUP_DIR, recursive=True)  # uids of the whole pool: large
         if removed:
             stats.drop("duplicate", removed)
             stats.counts["out"] -= removed
-        stats.inc("pool_rows", len(seen))
+        stats.inc("pool_rows", stats.counts["out"])
         print(
-            f"[extract] pool: {len(seen):,} unique pairs in {len(parts)} parts "
-            f"({removed:,} cross-file duplicates removed)",
+            f"[extract] pool: {stats.counts['out']:,} unique pairs in {len(parts)} parts "
+            f"({removed:,} cross-file duplicates removed; {buckets} uid bucket(s))",
             file=sys.stderr,
         )
 

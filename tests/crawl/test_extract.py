@@ -242,3 +242,93 @@ def test_wat_cut_short_keeps_what_was_read(tmp_path, make_config):
     assert n // 2 < len(texts) < n  # most were read; the cut record was not
     assert texts == [f"dog number {i}" for i in range(len(texts))]  # a prefix, nothing invented
     assert res.stats.dropped["malformed_record"] == 1
+
+
+def _overlapping_pools(folder: Path, n_files: int = 5, rows: int = 400) -> list[list[tuple[str, str]]]:
+    """jsonl pools whose rows repeat across files (and once inside a file): ~half are duplicates."""
+    files = []
+    for f in range(n_files):
+        pairs = [
+            (f"https://x.org/{(f * 131 + i * 7) % 900}.jpg", f"caption {(f * 131 + i * 7) % 900}")
+            for i in range(rows)
+        ]
+        pairs.append(pairs[0])  # a duplicate inside the file: dropped by the task itself
+        (folder / f"pool-{f}.jsonl").write_text(
+            "".join(json.dumps({"url": u, "text": t, "file": f}) + "\n" for u, t in pairs), encoding="utf-8"
+        )
+        files.append(pairs)
+    return files
+
+
+def _first_occurrences(files: list[list[tuple[str, str]]]) -> dict[tuple[str, str], int]:
+    first: dict[tuple[str, str], int] = {}
+    for f, pairs in enumerate(files):
+        for p in pairs:
+            first.setdefault(p, f)
+    return first
+
+
+@pytest.mark.parametrize("bucket_rows", [1_000_000, 97])  # one bucket; ~20 buckets, one group per part
+def test_cross_file_duplicates_keep_first_in_part_order(tmp_path, make_config, ray_local, bucket_rows):
+    files = _overlapping_pools(tmp_path)
+    first = _first_occurrences(files)
+    res, run = _extract(
+        make_config,
+        tmp_path,
+        f"{{path: '{tmp_path}/pool-*.jsonl', kind: jsonl}}",
+        name=f"run-{bucket_rows}",
+        extra=("extract.rows_per_part=150", f"extract.dedup_bucket_rows={bucket_rows}"),
+    )
+    rows = _pool(run)
+    # a part is read back with its source file: parts of file f are pool/part-00-0000f-*.parquet
+    got = {
+        (r["url"], r["text"]): int(p.split("-")[2])
+        for p in run.glob("pool/part-*.parquet")
+        for r in run.read_parquet(p).to_pylist()
+    }
+    assert len(got) == len(rows) == len(first)  # every pair once
+    assert got == first  # and in the first file (part order) that had it
+    st = res.stats
+    within = len(files)  # one in-file copy per file
+    assert st.dropped["duplicate"] == sum(map(len, files)) - len(first)
+    assert st.dropped["duplicate"] - within > 0  # cross-file duplicates existed
+    assert st.counts["out"] == st.counts["pool_rows"] == len(rows)
+    assert not run.exists("pool/_dedup")  # the shuffle's intermediates are gone
+
+
+def test_cross_file_dedup_redone_on_forced_rerun_and_apply_idempotent(tmp_path, make_config):
+    from crawl import pool_dedup
+
+    files = _overlapping_pools(tmp_path, n_files=3, rows=200)
+    cfg = make_config(
+        f"extract.inputs=[{{path: '{tmp_path}/pool-*.jsonl', kind: jsonl}}]",
+        "extract.rows_per_part=90",
+        "extract.dedup_bucket_rows=50",
+        run=str(tmp_path / "run"),
+    )
+    run = RunDir(cfg.run)
+    first = run_stage(ExtractStage(cfg, run), progress=False)
+    before = sorted(r["uid"] for r in _pool(run))
+    assert len(before) == len(_first_occurrences(files))
+    # --force rewrites every part with its duplicates: the shuffle must run again, not be skipped
+    again = run_stage(ExtractStage(cfg, run), progress=False, force=True)
+    assert sorted(r["uid"] for r in _pool(run)) == before
+    assert again.stats.dropped == first.stats.dropped
+
+    # The same drops applied twice remove nothing more, so a crash after a part's rewrite is safe.
+    class TasksOnly(ExtractStage):
+        name = "extract-tasks-only"
+
+        def finalize(self, stats):
+            pass
+
+    run_stage(TasksOnly(cfg, run), progress=False)  # parts with their cross-file duplicates again
+    parts = run.glob("pool/part-*.parquet")
+    shape = (cfg, run, parts, *pool_dedup.layout(sum(1 for _ in _pool(run)), len(parts), 50))
+    run_stage(pool_dedup.UidMap(*shape), progress=False, force=True)
+    dups = run_stage(pool_dedup.DuplicateReduce(*shape), progress=False, force=True)
+    applied = run_stage(pool_dedup.DuplicateApply(*shape), progress=False, force=True)
+    assert applied.stats.counts["rows_removed"] == dups.stats.dropped["duplicate"] > 0
+    reapplied = run_stage(pool_dedup.DuplicateApply(*shape), progress=False, force=True)
+    assert reapplied.stats.counts["rows_removed"] == 0
+    assert sorted(r["uid"] for r in _pool(run)) == before
