@@ -25,9 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crawl.spacing import ROW_END, SPACE, SpacedBatch, string_buffers
-from crawl.u64table import U64Table, mix64
+from crawl.u64table import U64Table
+from crawl.uid import splitmix64
 
-_WORD = 8  # bytes per hashed / compared word
+_WORD = 8  # bytes per word read at once
+_SHORT = _WORD - 1  # tokens up to this many bytes are their own exact key
+_LONG_TAG = np.uint64(0xFF << 56)  # top byte of a long token's key; a short key's top byte is its length
+_LOW56 = np.uint64((1 << 56) - 1)
 _LEN_SALT = np.uint64(0xD6E8FEB86659FD93)
 # _LOW_BYTES[k] keeps the first k bytes of a little-endian word read at a token's start
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(_WORD)] + [(1 << 64) - 1], np.uint64)
@@ -36,37 +40,49 @@ _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(_WORD)] + [(1 << 64) - 
 def _words_at(data: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """The 8 bytes at each position of ``data`` (uint8, with 8 spare bytes at the end) as little-endian uint64."""
     # A strided view with a 1-byte step reads an (unaligned) 8-byte word at every byte offset.
+    # (Fancy indexing, not np.take: np.take would first copy the whole overlapping view.)
     view = np.ndarray((len(data) - _WORD + 1,), "<u8", buffer=data, strides=(1,))
     return view[positions]
 
 
-class TokenHasher:
-    """Hashes byte strings given as (start, length) inside a buffer, word by word, vectorised.
+def _word(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """Word ``k`` of each token: its bytes ``8k … 8k+7`` (those past its end zeroed)."""
+    rest = np.clip(lengths - k * _WORD, 0, _WORD)
+    return _words_at(data, starts + k * _WORD) & np.take(_LOW_BYTES, rest)
 
-    Only the first ``max_len`` bytes are hashed (with the full length): a longer token cannot be a
-    vocabulary token, and its length already tells it apart when verified.
+
+class TokenKeys:
+    """The uint64 key of byte strings given as (start, length) inside a buffer, vectorised.
+
+    A token of at most 7 bytes is its own key: its bytes, with its length in the top byte — exact,
+    nothing to verify. A longer token's key is a 56-bit hash of its words and length, tagged 0xFF
+    in the top byte (so it never equals a short key); only those need their bytes compared.
     """
 
     def __init__(self, seed: int, max_len: int):
-        self.seed = mix64(np.array([seed], np.uint64))[0]
-        self.rounds = max(1, -(-max_len // _WORD))
+        self.seed = splitmix64(np.array([seed], np.uint64))[0]
+        self.words = max(1, -(-max_len // _WORD))  # a longer token hashes its first max_len bytes
 
-    def hash(
-        self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(hash, first word) of every token; the first word holds its first (up to) 8 bytes."""
-        first = _words_at(data, starts) & _LOW_BYTES[np.minimum(lengths, _WORD)]
+    def keys(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        keys = _word(data, starts, lengths, 0)
+        keys |= np.minimum(lengths, _SHORT).astype(np.uint64) << np.uint64(56)
+        long = np.flatnonzero(lengths > _SHORT)
+        if len(long):
+            keys[long] = self.hash(data, starts[long], lengths[long])
+        return keys
+
+    def hash(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
-            h = mix64(first ^ (lengths.astype(np.uint64) * _LEN_SALT) ^ self.seed)
-        longer = np.flatnonzero(lengths > _WORD)
-        for k in range(1, self.rounds):
-            if not len(longer):
+            h = splitmix64(
+                _word(data, starts, lengths, 0) ^ (lengths.astype(np.uint64) * _LEN_SALT) ^ self.seed
+            )
+        more = np.flatnonzero(lengths > _WORD)
+        for k in range(1, self.words):
+            if not len(more):
                 break
-            rest = lengths[longer] - k * _WORD
-            word = _words_at(data, starts[longer] + k * _WORD) & _LOW_BYTES[np.minimum(rest, _WORD)]
-            h[longer] = mix64(h[longer] ^ word)
-            longer = longer[rest > _WORD]
-        return h, first
+            h[more] = splitmix64(h[more] ^ _word(data, starts[more], lengths[more], k))
+            more = more[lengths[more] > (k + 1) * _WORD]
+        return (h & _LOW56) | _LONG_TAG
 
 
 class TokenVocabulary:
@@ -78,49 +94,45 @@ class TokenVocabulary:
         starts, lengths = offsets[:-1], np.diff(offsets)
         self.max_len = int(lengths.max(initial=0))
         data = np.concatenate((body, np.zeros(_WORD, np.uint8)))
-        # A seed under which the vocabulary's hashes are distinct (the first one, almost surely);
-        # a text token's hash then points at one candidate, whose bytes are compared in full.
+        # A seed under which the long tokens' hashed keys are distinct (the first one, almost
+        # surely); a text token's key then points at one candidate, whose bytes are then compared.
         for seed in range(64):
-            hasher = TokenHasher(seed, self.max_len)
-            hashes, first = hasher.hash(data, starts, lengths)
-            if len(np.unique(hashes)) == len(hashes):
+            keyer = TokenKeys(seed, self.max_len)
+            keys = keyer.keys(data, starts, lengths)
+            if len(np.unique(keys)) == len(keys):
                 break
-        else:  # pragma: no cover - 64 colliding 64-bit hash families do not happen
+        else:  # pragma: no cover - 64 colliding 56-bit hash families do not happen
             raise RuntimeError("could not find a collision-free token hash seed")
-        self.hasher = hasher
-        self.table = U64Table(hashes, np.arange(len(tokens), dtype=np.int32), premixed=True)
-        # Per token id, with one extra slot read by index -1 (a miss), which never verifies.
+        self.keyer = keyer
+        self.table = U64Table(keys, np.arange(len(tokens), dtype=np.int32))
+        # Per token id, with one extra slot read by index -1 (a miss).
         self.lengths = np.append(lengths, -1)
-        self.first = np.append(first, np.uint64(0))
         self.starts = np.append(starts, 0)
         self.data = data
 
     def lookup(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Token id of each (start, length) token of ``data``, -1 where it is not a vocabulary token."""
-        h, first = self.hasher.hash(data, starts, lengths)
-        ids = self.table.get(h)
-        # Verify in full: same length and same bytes. The first word settles tokens of up to 8
-        # bytes; longer ones compare their remaining words.
-        ok = (self.lengths[ids] == lengths) & (self.first[ids] == first)
-        check = np.flatnonzero(ok & (lengths > _WORD))
-        vstarts = self.starts[ids[check]]
-        k = 1
-        while len(check):
-            rest = lengths[check] - k * _WORD
-            mask = _LOW_BYTES[np.minimum(rest, _WORD)]
-            same = (_words_at(data, starts[check] + k * _WORD) & mask) == (
-                _words_at(self.data, vstarts + k * _WORD) & mask
+        ids = self.table.get(self.keyer.keys(data, starts, lengths))
+        # A short token's key is the token: found means equal. A long one's key is a hash: compare
+        # its length, then every word, with the candidate's.
+        found = np.flatnonzero((lengths > _SHORT) & (ids >= 0))
+        same_length = self.lengths[ids[found]] == lengths[found]
+        wrong, check = [found[~same_length]], found[same_length]
+        for k in range(-(-self.max_len // _WORD)):
+            if not len(check):
+                break
+            cand = ids[check]
+            same = _word(data, starts[check], lengths[check], k) == _word(
+                self.data, self.starts[cand], self.lengths[cand], k
             )
-            ok[check[~same]] = False
-            more = same & (rest > _WORD)
-            check, vstarts = check[more], vstarts[more]
-            k += 1
-        ids[~ok] = -1
+            wrong.append(check[~same])
+            check = check[same & (lengths[check] > (k + 1) * _WORD)]
+        ids[np.concatenate(wrong)] = -1
         return ids
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.lengths, self.first, self.starts, self.data)) + self.table.nbytes
+        return sum(a.nbytes for a in (self.lengths, self.starts, self.data)) + self.table.nbytes
 
 
 class TokenTrieEngine:

@@ -1,27 +1,21 @@
 """An exact uint64 → int32 hash table whose lookups are vectorised over NumPy arrays.
 
 Open addressing with linear probing at a load factor of at most 1/4, so a lookup of a whole array
-takes a couple of vectorised probe rounds (most keys settle in the first). Keys are compared in full: no false hits, ever.
-Built once (per matcher), then read-only.
+takes a few vectorised probe rounds (most keys settle in the first). Keys are compared in full: no
+false hits, ever. Built once (per matcher), then read-only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from crawl.uid import splitmix64 as mix64
-
-__all__ = ["U64Table", "mix64"]
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
 
 
 class U64Table:
-    """Maps distinct uint64 keys to int32 values; :meth:`get` returns -1 for absent keys.
+    """Maps distinct uint64 keys to int32 values; :meth:`get` returns -1 for absent keys."""
 
-    ``premixed=True`` says the keys are already uniformly distributed (e.g. hashes), so their top
-    bits pick the slot directly; otherwise they are mixed first.
-    """
-
-    def __init__(self, keys: np.ndarray, values: np.ndarray, premixed: bool = False):
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
         keys = np.asarray(keys, np.uint64)
         values = np.asarray(values, np.int32)
         if len(keys) != len(values):
@@ -30,7 +24,6 @@ class U64Table:
             raise ValueError("U64Table keys must be distinct")
         if len(values) and values.min() < 0:
             raise ValueError("U64Table values must be >= 0 (-1 marks an empty slot)")
-        self.premixed = premixed
         self.bits = max(4, int(4 * max(len(keys), 1) - 1).bit_length())  # capacity >= 4 * len
         self.mask = (1 << self.bits) - 1
         self.keys = np.zeros(1 << self.bits, np.uint64)
@@ -38,7 +31,11 @@ class U64Table:
         self._insert(keys, values)
 
     def _slot(self, keys: np.ndarray) -> np.ndarray:
-        h = keys if self.premixed else mix64(keys)
+        # Fibonacci hashing (the top bits of key * 2^64/phi), after folding the high half in: four
+        # cheap operations instead of a full mix, and even for keys that differ only in a few
+        # bits (token bytes, node * V + token) the probe sequences stay short at this load.
+        with np.errstate(over="ignore"):
+            h = (keys ^ (keys >> np.uint64(32))) * _FIBONACCI
         return (h >> np.uint64(64 - self.bits)).astype(np.int64)
 
     def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
@@ -63,9 +60,9 @@ class U64Table:
         """The value of every key in ``keys`` (uint64 array), -1 where a key is absent."""
         keys = np.asarray(keys, np.uint64)
         slot = self._slot(keys)
-        out = self.values[slot]
+        out = np.take(self.values, slot)
         # First round on whole arrays (most keys settle here); later rounds on the few left over.
-        wrong = (out >= 0) & (self.keys[slot] != keys)
+        wrong = (out >= 0) & (np.take(self.keys, slot) != keys)
         out[wrong] = -1
         pending = np.flatnonzero(wrong)
         while len(pending):

@@ -11,20 +11,22 @@ from crawl.token_trie import TokenTrieEngine, TokenVocabulary
 from crawl.u64table import U64Table
 
 
-def test_u64_table_is_exact_with_crowded_slots():
+def test_u64_table_is_exact_for_random_and_structured_keys():
     rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(0, 2**63, 50_000, dtype=np.int64).astype(np.uint64))
-    # keys sharing their top bits all want the same slot when the table trusts them as hashes
-    crowded = np.arange(1_000, dtype=np.uint64)
-    for table_keys, premixed in ((keys, False), (keys, True), (crowded, True)):
-        values = np.arange(len(table_keys), dtype=np.int32)
-        table = U64Table(table_keys, values, premixed=premixed)
-        absent = table_keys + np.uint64(1 << 62) if not premixed or len(table_keys) < 2000 else table_keys ^ 1
-        absent = absent[~np.isin(absent, table_keys)]
-        query = np.concatenate((table_keys[::-1], absent))
-        got = table.get(query)
-        assert (got[: len(table_keys)] == values[::-1]).all()
-        assert (got[len(table_keys) :] == -1).all()
+    n = 20_000
+    key_sets = {
+        "random": np.unique(rng.integers(0, 2**63, n, dtype=np.int64)).astype(np.uint64),
+        "sequential": np.arange(n, dtype=np.uint64),
+        "high bits only": np.arange(n, dtype=np.uint64) << np.uint64(44),
+        "token-like": np.arange(n, dtype=np.uint64) * np.uint64(337_390) + np.uint64(5),
+    }
+    for name, keys in key_sets.items():
+        values = rng.permutation(len(keys)).astype(np.int32)
+        table = U64Table(keys, values)
+        absent = np.setdiff1d(np.concatenate((keys + np.uint64(1), keys ^ np.uint64(1 << 63))), keys)
+        got = table.get(np.concatenate((keys[::-1], absent)))
+        assert (got[: len(keys)] == values[::-1]).all(), name
+        assert (got[len(keys) :] == -1).all(), name
     with pytest.raises(ValueError, match="distinct"):
         U64Table(np.array([1, 1], np.uint64), np.array([0, 1], np.int32))
 
@@ -38,11 +40,11 @@ def _lookup(vocab: TokenVocabulary, tokens: list[str]) -> list[int]:
     return vocab.lookup(batch.data, starts[: len(tokens)], lengths[: len(tokens)]).tolist()
 
 
-def test_token_lookup_verifies_every_byte_after_the_hash():
-    words = ["abc", "abcdefghijk", "x", "", "日本語"]
+def test_token_lookup_is_exact_and_verifies_hashed_tokens():
+    words = ["abc", "abcdefghijk", "x", "", "日本語", "abcdefgh", "abcdefghijklmnopqrs"]
     vocab = TokenVocabulary(pa.array(words))
-    # "abc\0" has the same masked first word as "abc", and "abcdefghijkx" the same bytes as the
-    # vocabulary buffer's "abcdefghijk" followed by the next token "x": only lengths tell them apart.
+    # "abc\0" has the same first bytes as "abc", and "abcdefghijkx" the same bytes as the vocabulary
+    # buffer's "abcdefghijk" followed by the next token "x": only lengths tell them apart.
     probe = [
         "abc",
         "abd",
@@ -54,13 +56,28 @@ def test_token_lookup_verifies_every_byte_after_the_hash():
         "abcdefghijkx",
         "x",
         "日本語",
-        "日本",
     ]
-    assert _lookup(vocab, probe) == [0, -1, -1, -1, -1, 1, -1, -1, 2, 4, -1]
-    # Force hash collisions: every token's hash now points at one candidate; only its exact bytes pass.
-    for candidate in range(len(words)):
-        vocab.table.get = lambda h, c=candidate: np.full(len(h), c, np.int32)
-        want = [candidate if t == words[candidate] else -1 for t in probe]
+    probe += [
+        "日本",
+        "",
+        "abcdefgh",
+        "abcdefgg",
+        "abcdefghijklmnopqrs",
+        "abcdefghijklmnopqrt",
+        "abcdefgh\x00",
+    ]
+    want = [words.index(t) if t in words else -1 for t in probe]
+    assert _lookup(vocab, probe) == want
+    # Tokens of up to 7 bytes are their own keys. Longer ones are hashed: force every long token's
+    # hash onto one vocabulary token's key, so only a byte-for-byte comparison can tell them apart.
+    keyer = vocab.keyer
+    for candidate, word in enumerate(words):
+        if len(word.encode()) <= 7:
+            continue
+        forced = vocab.table.keys[vocab.table.values == candidate][0]
+        keyer.hash = lambda data, starts, lengths, k=forced: np.full(len(starts), k, np.uint64)
+        want = [words.index(t) if t in words and len(t.encode()) <= 7 else -1 for t in probe]
+        want = [candidate if t == word else w for t, w in zip(probe, want, strict=True)]
         assert _lookup(vocab, probe) == want
 
 
