@@ -1,20 +1,25 @@
-"""Benchmark of the match and balance stages against a bare pyahocorasick loop (MetaCLIP's matcher).
+"""Benchmark of the match and balance stages against bare Aho-Corasick loops (MetaCLIP's matcher).
 
-    python benchmarks/match.py [--entries 500000] [--captions 250000] [--parts 4]
+    python benchmarks/match.py [--entries 500000] [--captions 250000] [--parts 4] [--cpu N]
 
 Vocabulary: WordNet 3.0 synset head names (``/usr/share/wordnet``), then ``wordfreq``'s English word
 list, then ``wordsegment``'s Google Web 1T bigrams by count, deduplicated, capped at ``--entries``.
 Captions: every CC3M-val and COCO-val caption, plus recombinations of two real captions at a word
 boundary (seeded) up to ``--captions``, written as pool parquet parts of a throwaway run.
 
-Measured, each in a fresh process (so peak RSS is that worker's own):
-* whole match stage, one core: ``MatchStage.process`` on every pool part (read parquet → spacing →
-  Aho-Corasick → write matched rows + counts), after the automaton is built once (build timed apart);
-* reference, one core: MetaCLIP's loop — ``spacing(text)`` then ``pyahocorasick.Automaton.iter`` per
-  caption, ids collected in a set — over the same captions held in memory (no I/O charged to it);
+Measured, each in a fresh process (so peak RSS is that worker's own) pinned to one CPU (``--cpu``,
+default the last one), so Arrow's and NumPy's threads cannot borrow a second core:
+* whole match stage, once per engine (``match.engine``: token_trie, aho_corasick):
+  ``MatchStage.process`` on every pool part (read parquet → spacing → match → write matched rows +
+  counts), after the matcher is built once (build timed apart);
+* references: MetaCLIP's loop — ``spacing(text)`` then one Aho-Corasick scan per caption, ids
+  collected in a set — with ``pyahocorasick`` (what MetaCLIP uses) and with ``ahocorasick_rs``,
+  over the same captions held in memory (no I/O charged to them);
 * balance: ``BalanceStage.process`` over the matched parts (read → decide → write), and the bare
-  vectorised decision (``keep_mask``) on rows in memory.
-Results are per core: every measurement runs in one process on one core.
+  vectorised decision (``keep_mask``) on rows in memory, as configured and in its worst case (no
+  entry at p = 1, so every (row, entry) pair is hashed).
+All four matchers must report the same number of (caption, entry) matches, or the run fails.
+Rates are wall-clock; the CPU-time rate beside each shows how much a shared, loaded machine slowed it.
 """
 
 from __future__ import annotations
@@ -80,25 +85,41 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def _match_worker(run_url: str, entries_url: str, q) -> None:
+def _pin(cpu: int) -> None:
+    os.sched_setaffinity(0, {cpu})
+
+
+def _clock() -> tuple[float, float]:
+    """(wall, CPU) seconds now: on a shared machine CPU time shows what waiting for the core hid."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    return time.perf_counter() - start[0], time.process_time() - start[1]
+
+
+def _match_worker(cpu: int, run_url: str, entries_url: str, engine: str, q) -> None:
+    _pin(cpu)
     from crawl.match import MatchStage
     from pipeline.config import load_config
     from pipeline.rundir import RunDir
     from pipeline.stats import Stats
 
-    cfg = load_config(None, [f"match.entries={entries_url}"], run_url)
+    cfg = load_config(None, [f"match.entries={entries_url}", f"match.engine={engine}"], run_url)
     stage = MatchStage(cfg, RunDir(run_url))
     t0 = time.perf_counter()
     stage.matcher()  # built once per worker, then reused by every task
     build = time.perf_counter() - t0
     stats = Stats()
-    t0 = time.perf_counter()
+    t0 = _clock()
     for task in stage.tasks():
         stage.process(task, stats)
+    wall, cpu_s = _since(t0)
     q.put(
         {
             "build_s": build,
-            "match_s": time.perf_counter() - t0,
+            "match_s": wall,
+            "cpu_s": cpu_s,
             "rows": stats.counts["in"],
             "matched": stats.counts["matched"],
             "matches": stats.counts["matches"],
@@ -107,7 +128,8 @@ def _match_worker(run_url: str, entries_url: str, q) -> None:
     )
 
 
-def _pyahocorasick_worker(entries: list[str], captions: list[str], q) -> None:
+def _pyahocorasick_worker(cpu: int, entries: list[str], captions: list[str], q) -> None:
+    _pin(cpu)
     import ahocorasick
 
     from crawl.matcher import spacing
@@ -118,17 +140,19 @@ def _pyahocorasick_worker(entries: list[str], captions: list[str], q) -> None:
         automaton.add_word(key, (idx, key))
     automaton.make_automaton()
     build = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0 = _clock()
     matches = 0
     for text in captions:  # MetaCLIP's substr_matching, minus the per-call global checks
         ids = set()
         for _end, (entry_id, _value) in automaton.iter(spacing(text)):
             ids.add(entry_id)
         matches += len(ids)
+    wall, cpu_s = _since(t0)
     q.put(
         {
             "build_s": build,
-            "match_s": time.perf_counter() - t0,
+            "match_s": wall,
+            "cpu_s": cpu_s,
             "rows": len(captions),
             "matches": matches,
             "peak_mb": _peak_mb(),
@@ -136,7 +160,35 @@ def _pyahocorasick_worker(entries: list[str], captions: list[str], q) -> None:
     )
 
 
-def _balance_worker(run_url: str, q) -> None:
+def _ahocorasick_rs_worker(cpu: int, entries: list[str], captions: list[str], q) -> None:
+    _pin(cpu)
+    import ahocorasick_rs
+
+    from crawl.matcher import spacing
+
+    t0 = time.perf_counter()
+    automaton = ahocorasick_rs.AhoCorasick([f" {e} " for e in entries])
+    build = time.perf_counter() - t0
+    t0 = _clock()
+    matches = 0
+    for text in captions:  # the same loop with the Rust automaton; overlapping, so none is hidden
+        matches += len({p for p, _, _ in automaton.find_matches_as_indexes(spacing(text), overlapping=True)})
+    wall, cpu_s = _since(t0)
+    q.put(
+        {
+            "build_s": build,
+            "match_s": wall,
+            "cpu_s": cpu_s,
+            "rows": len(captions),
+            "matches": matches,
+            "peak_mb": _peak_mb(),
+        }
+    )
+
+
+def _balance_worker(cpu: int, run_url: str, q) -> None:
+    _pin(cpu)
+    import numpy as np
     import pyarrow as pa
 
     from crawl.balance import BalanceStage, keep_mask
@@ -148,25 +200,30 @@ def _balance_worker(run_url: str, q) -> None:
     stage = BalanceStage(cfg, RunDir(run_url))
     p = stage._probabilities()
     stats = Stats()
-    t0 = time.perf_counter()
+    t0 = _clock()
     for task in stage.tasks():
         stage.process(task, stats)
-    whole = time.perf_counter() - t0
+    whole = _since(t0)
     tables = [stage.run.read_parquet(t.payload, columns=["uid", "entry_ids"]) for t in stage.tasks()]
     table = pa.concat_tables(tables).combine_chunks()
     uids, ids = table.column("uid").chunk(0), table.column("entry_ids").chunk(0)
     reps = 5
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        keep_mask(uids, ids, p, seed=0)
-    bare = (time.perf_counter() - t0) / reps
+    # as configured (t = 20,000), and the worst case: no entry at p = 1, so every row is hashed
+    decide = {}
+    for case, probs in (("t", p), ("all_hashed", np.minimum(p, 0.5))):
+        t0 = _clock()
+        for _ in range(reps):
+            keep_mask(uids, ids, probs, seed=0)
+        wall, cpu_s = _since(t0)
+        decide[case] = (wall / reps, cpu_s / reps)
     q.put(
         {
             "rows": stats.counts["in"],
             "kept": stats.counts["out"],
             "stage_s": whole,
-            "decide_s": bare,
+            "decide_s": decide,
             "decide_rows": len(table),
+            "pairs": len(ids.values),
             "peak_mb": _peak_mb(),
         }
     )
@@ -187,10 +244,14 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=500_000)
     ap.add_argument("--captions", type=int, default=250_000)
     ap.add_argument("--parts", type=int, default=4)
+    ap.add_argument(
+        "--cpu", type=int, default=max(os.sched_getaffinity(0)), help="the CPU every worker is pinned to"
+    )
     args = ap.parse_args()
 
     import pyarrow as pa
 
+    from crawl.matcher import ENGINES
     from crawl.pairs import POOL_SCHEMA
     from crawl.uid import make_uid
     from pipeline.rundir import RunDir
@@ -232,9 +293,18 @@ def main() -> None:
                 ),
             )
 
-        stage = _in_process(_match_worker, run.url, run.full_url("vocab/entries.parquet"))
-        ref = _in_process(_pyahocorasick_worker, entries, captions)
-        assert stage["matches"] == ref["matches"], "stage and reference disagree on the number of matches"
+        cpu = args.cpu
+        stages = {
+            engine: _in_process(_match_worker, cpu, run.url, run.full_url("vocab/entries.parquet"), engine)
+            for engine in ENGINES
+        }
+        refs = {
+            "bare pyahocorasick loop (MetaCLIP)": _in_process(_pyahocorasick_worker, cpu, entries, captions),
+            "bare ahocorasick_rs loop": _in_process(_ahocorasick_rs_worker, cpu, entries, captions),
+        }
+        counts = {r["matches"] for r in (*stages.values(), *refs.values())}
+        assert len(counts) == 1, f"the matchers disagree on the number of matches: {counts}"
+        stage = stages[ENGINES[0]]
 
         # match/counts.parquet, as the stage's finalize writes it, for the balance benchmark
         from crawl.match import MatchStage
@@ -246,31 +316,36 @@ def main() -> None:
         done.inc("matched", stage["matched"])
         done.inc("unmatched", stage["rows"] - stage["matched"])
         MatchStage(load_config(None, [], run.url), run).finalize(done)
-        bal = _in_process(_balance_worker, run.url)
+        bal = _in_process(_balance_worker, cpu, run.url)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    cps = stage["rows"] / stage["match_s"]
-    rps = ref["rows"] / ref["match_s"]
-    print(f"\nmachine: {os.cpu_count()} CPUs visible; every figure below is one process on one core\n")
-    print(f"{'':38}{'captions/s/core':>16}{'build s':>9}{'peak RSS MB':>13}")
     print(
-        f"{'webclip match stage (parquet→parquet)':38}{cps:>16,.0f}{stage['build_s']:>9.1f}{stage['peak_mb']:>13,.0f}"
+        f"\nmachine: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.2f} at the end; "
+        f"every figure below is one process pinned to CPU {cpu}\n"
     )
+    print(f"{'':44}{'captions/s/core':>16}{'by CPU time':>13}{'build s':>9}{'peak RSS MB':>13}")
+    rows = [(f"match stage, {e} (parquet→parquet)", r) for e, r in stages.items()] + list(refs.items())
+    for label, r in rows:
+        print(
+            f"{label:44}{r['rows'] / r['match_s']:>16,.0f}{r['rows'] / r['cpu_s']:>13,.0f}"
+            f"{r['build_s']:>9.1f}{r['peak_mb']:>13,.0f}"
+        )
     print(
-        f"{'bare pyahocorasick loop (MetaCLIP)':38}{rps:>16,.0f}{ref['build_s']:>9.1f}{ref['peak_mb']:>13,.0f}"
+        f"{stage['matched']:,} of {stage['rows']:,} captions matched, {stage['matches']:,} (caption, entry) "
+        "matches in each"
     )
+    n, (wall, cpu_s) = bal["rows"], bal["stage_s"]
     print(
-        f"speed-up {cps / rps:.2f}x; {stage['matched']:,} of {stage['rows']:,} captions matched, "
-        f"{stage['matches']:,} (caption, entry) matches in both"
+        f"\nbalance stage (parquet→parquet, t=20,000): {n / wall:,.0f} rows/s/core ({n / cpu_s:,.0f} by CPU "
+        f"time; {n:,} rows, {bal['kept']:,} kept), peak RSS {bal['peak_mb']:,.0f} MB"
     )
-    print(
-        f"\nbalance stage (parquet→parquet, t=20,000): {bal['rows'] / bal['stage_s']:,.0f} rows/s/core "
-        f"({bal['rows']:,} rows, {bal['kept']:,} kept), peak RSS {bal['peak_mb']:,.0f} MB"
-    )
-    print(
-        f"balance decision alone (keep_mask, in memory): {bal['decide_rows'] / bal['decide_s']:,.0f} rows/s/core"
-    )
+    for case, label in (("t", "as configured"), ("all_hashed", "worst case, every row hashed")):
+        wall, cpu_s = bal["decide_s"][case]
+        print(
+            f"balance decision alone (keep_mask, in memory, {label}): {bal['decide_rows'] / wall:,.0f} "
+            f"rows/s/core ({bal['decide_rows'] / cpu_s:,.0f} by CPU time; {bal['pairs']:,} (row, entry) pairs)"
+        )
 
 
 if __name__ == "__main__":

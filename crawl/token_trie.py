@@ -13,8 +13,8 @@ empty tokens, from double spaces, are tokens like any other.) So:
    all walks advance together, one token per vectorised step, through a :class:`U64Table` of
    ``(node, token) → child`` edges, reporting each node that completes an entry.
 
-Nothing is approximate: token bytes are compared in full after the hash lookup, and trie edges are
-exact 64-bit keys. Rows are separated by a byte that is never valid UTF-8 (:data:`ROW_END`), so a
+Nothing is approximate: a token of up to 7 bytes is its own key, a longer one's bytes are compared
+in full after the hash lookup, and trie edges are exact 64-bit keys. Rows are separated by a byte that is never valid UTF-8 (:data:`ROW_END`), so a
 walk cannot run from one row into the next.
 """
 
