@@ -68,14 +68,17 @@ def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, p: np.ndarray, seed: int)
     keep = sure_before[offsets[1:]] > sure_before[offsets[:-1]]
     lengths = np.diff(offsets)
     todo = np.flatnonzero(~keep & (lengths > 0))
-    if len(todo):
+    if len(todo) == np.count_nonzero(lengths):  # no row is sure: draw every pair where it lies
+        todo = np.arange(n)
+        row, entry, uid64 = np.repeat(todo, lengths), flat, uid_to_u64(uids)
+    elif len(todo):  # gather the pairs of the rows still undecided
         todo_lengths = lengths[todo]
         row = np.repeat(np.arange(len(todo)), todo_lengths)  # index into todo, per pair
         row_first = np.zeros(len(todo), np.int64)
         np.cumsum(todo_lengths[:-1], out=row_first[1:])
         pair = np.arange(len(row)) + np.repeat(offsets[todo] - row_first, todo_lengths)
-        uid64 = uid_to_u64(uids.take(pa.array(todo)))
-        entry = flat[pair]
+        entry, uid64 = flat[pair], uid_to_u64(uids.take(pa.array(todo)))
+    if len(todo):
         # per-entry tables (len(p) values) instead of per-pair work: one hash half and one threshold
         keys = np.take(entry_keys(np.arange(len(p)), seed), entry)
         hit = pair_draws(uid64[row], keys) < np.take(draw_thresholds(p), entry)

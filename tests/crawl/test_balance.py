@@ -134,6 +134,8 @@ def test_shortcut_for_sure_entries_decides_like_the_definition():
     want = _plain_keep(uids, ids, p, seed=9)
     arr = pa.array(ids, pa.list_(pa.int32()))
     assert (keep_mask(pa.array(uids), arr, p, seed=9) == want).all()
+    no_sure = np.minimum(p, 0.9)  # no row can take the shortcut: every pair is drawn
+    assert (keep_mask(pa.array(uids), arr, no_sure, seed=9) == _plain_keep(uids, ids, no_sure, seed=9)).all()
     # a slice of the arrays (offsets not starting at 0) decides the same for its rows
     sliced = keep_mask(pa.array(uids).slice(100, 500), arr.slice(100, 500), p, seed=9)
     assert (sliced == want[100:600]).all()
