@@ -27,6 +27,7 @@ import io
 import math
 import os
 import posixpath
+import tarfile
 import tempfile
 import types
 import uuid
@@ -233,11 +234,12 @@ class DownloadStage(Stage):
             )
         ]
         table = table.append_column("reason", pa.array(reasons, pa.string()))
+        # img2dataset writes samples as their downloads finish; in key order the tar is the same on
+        # every run, and so are the clean shards dedup copies from it and the order training reads
+        _sort_tar(self.run, f"{tmp_rel}/{name}.tar", f"{tmp_rel}/{name}.sorted.tar")
         # tar and stats first, parquet last: the parquet is what readers list shards by
-        for suffix in (".tar", "_stats.json"):
-            self.run.fs.mv(
-                self.run.path(tmp_rel, name + suffix), self.run.path(self.run.SHARDS, name + suffix)
-            )
+        for src, suffix in ((f"{name}.sorted.tar", ".tar"), (f"{name}_stats.json", "_stats.json")):
+            self.run.fs.mv(self.run.path(tmp_rel, src), self.run.path(self.run.SHARDS, name + suffix))
         self.run.write_parquet(f"{self.run.SHARDS}/{name}.parquet", table)
 
         stats.inc("in", table.num_rows)
@@ -293,6 +295,18 @@ class DownloadStage(Stage):
         reasons = ", ".join(f"{k}={v:,}" for k, v in stats.dropped.most_common(8))
         mb = stats.counts.get("bytes", 0) / 1e6
         return f"{ok:,}/{n:,} images downloaded ({mb:,.1f} MB in shards); failed: {reasons or 'none'}"
+
+
+def _sort_tar(run: Any, src: str, dst: str) -> None:
+    """Copy the tar ``src`` to ``dst`` with its members in name order (``<key>.<ext>``: by key, then
+    extension, the order webdataset writes one sample's members in); headers are kept as they are."""
+    with run.fs.open(run.path(src), "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tin:
+        members = sorted((m for m in tin.getmembers() if m.isfile()), key=lambda m: m.name)
+        with run.fs.open(run.path(dst), "wb") as out, tarfile.open(
+            fileobj=out, mode="w", format=tin.format
+        ) as tout:
+            for m in members:
+                tout.addfile(m, tin.extractfile(m))
 
 
 def shard_files(run_url: str) -> list[str]:

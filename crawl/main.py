@@ -12,7 +12,8 @@ runner connects to the cluster instead of starting an embedded one. Which stages
 stage is installed and ``evalsets`` are configured. Rerunning the same command resumes: finished
 stages and finished shards are skipped.
 
-Exit codes: 0 done, 2 bad configuration or input (nothing written), 3 shards failed after retries.
+Exit codes: 0 done, 2 bad configuration or input (nothing written), 3 shards failed after retries,
+130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -71,29 +72,23 @@ def crawl_stages(config, requested: Sequence[str] | None = None) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the crawl; returns the process exit code."""
-    from pipeline.cli import run_stages
-    from pipeline.config import load_config
-    from pipeline.errors import ConfigError, StageFailed
+    from pipeline.cli import guarded
 
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides, args.run)
-        names = crawl_stages(config, args.stages.split(",") if args.stages else None)
-        if not names:
-            raise ConfigError(
-                f"no crawl stage selected; `stages` must include some of {', '.join(CRAWL_STAGES)}"
-            )
-        print(f"crawl: run {config.run}: stages {' → '.join(names)}", file=sys.stderr)
-        run_stages(config, names, force=args.force)
-    except ConfigError as exc:
-        print(f"crawl: configuration error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except StageFailed as exc:
-        print(f"crawl: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("crawl: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return guarded("crawl", lambda: _crawl(args))
+
+
+def _crawl(args: argparse.Namespace) -> int:
+    from pipeline.cli import run_stages
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    config = load_config(args.config, args.overrides, args.run)
+    names = crawl_stages(config, args.stages.split(",") if args.stages else None)
+    if not names:
+        raise ConfigError(f"no crawl stage selected; `stages` must include some of {', '.join(CRAWL_STAGES)}")
+    print(f"crawl: run {config.run}: stages {' → '.join(names)}", file=sys.stderr)
+    run_stages(config, names, force=args.force)
     print(f"crawl: done; shards in {config.run.rstrip('/')}/shards", file=sys.stderr)
     return 0
 

@@ -8,19 +8,21 @@ and where to look. Rerunning resumes: finished stages and tasks are skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from demo import miniweb
+from demo.memory import PeakRSS
 from demo.server import serve
-from pipeline.cli import run_stages
+from pipeline.cli import guarded, resume_note, run_stages
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, StageFailed
 from pipeline.rundir import RunDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +60,15 @@ def demo_config(run: str, web: Path, manifest: dict[str, Any], steps: int) -> di
     }
 
 
-def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float]) -> str:
+#: The two audit queries the summary shows (tests/e2e/test_pipeline.py runs them).
+EXAMPLE_QUERIES = (
+    "SELECT * FROM overlap_rate",
+    "SELECT status, sum(n) AS n FROM download_status GROUP BY ALL ORDER BY n DESC",
+)
+
+
+def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float],
+            peak_rss: int | None = None) -> str:
     """The closing summary: stage counts, reconciliation, overlaps, zero-shot vs chance, where to look."""
     def stats(stage: str) -> dict[str, Any]:
         return run.read_json(f"stats/{stage}.json") if run.exists(f"stats/{stage}.json") else {}
@@ -69,6 +79,9 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float]) ->
         counts = " ".join(f"{k}={v:,}" for k, v in s.get("counts", {}).items())
         dropped = ", ".join(f"{k}={v:,}" for k, v in sorted(s.get("dropped", {}).items()))
         lines.append(f"{stage:<9} {secs:7.1f}  {counts}" + (f"  dropped: {dropped}" if dropped else ""))
+    if peak_rss:
+        lines.append(f"peak memory {peak_rss / 2**30:.2f} GiB (sum of RSS over the demo's process tree: "
+                     "driver, Ray, trainer; sampled each second, shared pages counted per process)")
     lines.append("")
     for line in reconcile(run):
         lines.append(line)
@@ -106,9 +119,9 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float]) ->
     db = run.full_url(RunDir.AUDIT_DB)
     lines += [
         "", "where to look:",
-        f"  audit database   duckdb -readonly {db}",
-        "     SELECT * FROM overlap_rate;",
-        "     SELECT status, count(*) FROM download_status GROUP BY ALL ORDER BY 2 DESC;",
+        f"  audit database   {db}  (tables and a dozen questions in SQL: README, \"For auditors\")",
+        *(f"     python -c \"import duckdb; duckdb.connect('{db}', read_only=True).sql('{q}').show()\""
+          for q in EXAMPLE_QUERIES),
         f"  audit page       {run.full_url(RunDir.AUDIT_PAGE)}",
         f"  training logs    tensorboard --logdir {run.full_url('train')}",
         f"  run status       webclip status {run.url}",
@@ -146,6 +159,21 @@ def reconcile(run: RunDir) -> list[str]:
     return out
 
 
+def _stop_ray() -> None:
+    """Shut the embedded Ray down and wait until its processes are gone (workers still running tasks
+    when the demo is interrupted included), so that none outlives the mini-web server."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    procs = psutil.Process().children(recursive=True)  # before the raylet dies and its workers are orphaned
+    ray.shutdown()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
@@ -154,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1600, help="training images in the mini-web")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    return guarded("demo", lambda: _demo(args))
 
+
+def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    load_config(None, args.overrides)  # a typo in --set stops here, before the mini-web is generated
     web = Path(args.run + "-miniweb").resolve()
     manifest_path = web / "miniweb.json"
     if manifest_path.is_file():
@@ -166,23 +198,22 @@ def main(argv: list[str] | None = None) -> int:
         manifest = miniweb.build(web, args.port, spec, SHARED_CIFAR if SHARED_CIFAR.is_file() else None)
     config_file = web / "demo.yaml"
     config_file.write_text(yaml.safe_dump(demo_config(args.run, web, manifest, args.steps), sort_keys=False))
-    try:
-        config = load_config(config_file, args.overrides)
-        timings: dict[str, float] = {}
-        with serve(web / "site", manifest["port"]):
-            print(f"demo: mini-web on http://127.0.0.1:{manifest['port']} ({manifest['pairs']} links)",
-                  file=sys.stderr)
+    config = load_config(config_file, args.overrides)
+    timings: dict[str, float] = {}
+    with PeakRSS() as memory, serve(web / "site", manifest["port"]):
+        print(f"demo: mini-web on http://127.0.0.1:{manifest['port']} ({manifest['pairs']} links)",
+              file=sys.stderr)
+        note = resume_note(config, config.stages)
+        if note:
+            print(f"demo: {note}", file=sys.stderr)
+        try:
             for name in config.stages:
                 t0 = time.perf_counter()
                 run_stages(config, [name])
                 timings[name] = time.perf_counter() - t0
-    except ConfigError as exc:
-        print(f"demo: configuration error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except StageFailed as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(summary(RunDir(config.run), manifest, timings))
+        finally:
+            _stop_ray()  # before the mini-web goes away: no task may still be fetching from it
+    print(summary(RunDir(config.run), manifest, timings, memory.peak))
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s")
     return 0
 

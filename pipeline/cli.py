@@ -1,7 +1,9 @@
 """The ``webclip`` command line: one subcommand per stage, ``run`` for all of them, ``status`` for a run.
 
 Every stage command takes ``--config FILE``, ``--set key=value`` (repeatable) and ``--run URL``.
-Exit codes: 0 done, 2 bad configuration or input (nothing written), 3 tasks failed after retries.
+Exit codes: 0 done, 2 bad configuration or input (nothing written), 3 tasks failed after retries,
+130 interrupted (SIGINT); :func:`guarded` maps errors to them for every entry point (``webclip``,
+``crawl/main.py``, ``python -m demo``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import argparse
 import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.config import STAGE_ORDER, WebclipConfig, dump_config, load_config
-from pipeline.errors import ConfigError, StageFailed
+from pipeline.errors import EXIT_INTERRUPTED, ConfigError, StageFailed
 from pipeline.rundir import RunDir
 
 #: Where each stage's class lives; imported only when that stage runs.
@@ -31,6 +33,31 @@ STAGES: dict[str, str] = {
 }
 
 
+def guarded(prog: str, body: Callable[[], int | None]) -> int:
+    """Run an entry point's ``body`` and return its exit code, mapping the run's errors to theirs.
+
+    :class:`~pipeline.errors.ConfigError` → 2 and :class:`~pipeline.errors.StageFailed` → 3 with
+    their messages; ``KeyboardInterrupt`` (SIGINT, Ctrl-C) → 130 with a note that finished work is
+    kept and rerunning resumes. Anything else propagates (a bug: its traceback is the report).
+    Every message goes to stderr prefixed with ``prog``.
+    """
+    try:
+        return body() or 0
+    except ConfigError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StageFailed as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"\n{prog}: interrupted (SIGINT); finished stages and tasks are kept, "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
 def stage_class(name: str) -> type:
     """Import and return the Stage class registered under ``name``."""
     module, attr = STAGES[name].split(":")
@@ -41,6 +68,7 @@ def prepare_run(config: WebclipConfig) -> RunDir:
     """Check the run URL is writable, then write the resolved configuration first."""
     run = RunDir(config.run)
     run.ensure_writable()
+    run.remove_temporaries(RunDir.CONFIG)
     text = dump_config(config)
     if run.exists(RunDir.CONFIG) and run.read_text(RunDir.CONFIG) != text:
         print(f"note: configuration differs from the one in {run.full_url(RunDir.CONFIG)}; overwriting it",
@@ -59,6 +87,9 @@ def run_stages(config: WebclipConfig, names: Sequence[str], *, force: bool = Fal
     for stage in stages:  # every stage's static checks pass before the first does any work
         stage.validate()
     prepare_run(config)
+    note = resume_note(config, order, force=force)
+    if note and len(stages) > 1:
+        print(note, file=sys.stderr)
     results = []
     timings: list[tuple[str, float]] = []
     for stage in stages:
@@ -71,6 +102,20 @@ def run_stages(config: WebclipConfig, names: Sequence[str], *, force: bool = Fal
             state = "skipped (done)" if res.skipped_stage else res.stats.summary()
             print(f"{name:<12} {secs:>7.1f}  {state}", file=sys.stderr)
     return results
+
+
+def resume_note(config: WebclipConfig, names: Sequence[str], *, force: bool = False) -> str | None:
+    """A line naming the stages of ``names`` a rerun skips because they completed, or None."""
+    from pipeline.runner import STAGE_MARKER
+
+    if force:
+        return None
+    run = RunDir(config.run)
+    done = [n for n in STAGE_ORDER if n in names and stage_class(n).resumable and run.is_done(n, STAGE_MARKER)]
+    if not done:
+        return None
+    return (f"resuming {run.url}: skipping completed stage(s) {', '.join(done)} "
+            f"(delete {run.full_url('_done')}/<stage> to redo one)")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -124,32 +169,26 @@ def status(url: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``webclip`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "status":
-            print(status(args.run))
-            return 0
-        config = load_config(args.config, args.overrides, args.run)
-        if args.command == "config":
-            print(dump_config(config), end="")
-            return 0
-        if args.command == "run":
-            names = args.stages.split(",") if args.stages else list(config.stages)
-            unknown = [n for n in names if n not in STAGE_ORDER]
-            if unknown:
-                raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {', '.join(STAGE_ORDER)}")
-        else:
-            names = [args.command]
-        run_stages(config, names, force=args.force)
+    return guarded("webclip", lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        print(status(args.run))
         return 0
-    except ConfigError as exc:
-        print(f"webclip: configuration error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except StageFailed as exc:
-        print(f"webclip: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("webclip: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    config = load_config(args.config, args.overrides, args.run)
+    if args.command == "config":
+        print(dump_config(config), end="")
+        return 0
+    if args.command == "run":
+        names = args.stages.split(",") if args.stages else list(config.stages)
+        unknown = [n for n in names if n not in STAGE_ORDER]
+        if unknown:
+            raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {', '.join(STAGE_ORDER)}")
+    else:
+        names = [args.command]
+    run_stages(config, names, force=args.force)
+    return 0
 
 
 if __name__ == "__main__":

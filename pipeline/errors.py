@@ -6,6 +6,8 @@ from __future__ import annotations
 EXIT_CONFIG = 2
 #: Exit code for a stage that ran but left failed tasks behind (rerun to retry them).
 EXIT_FAILED_TASKS = 3
+#: Exit code after SIGINT (Ctrl-C): 128 + SIGINT, as shells report it; rerun to resume.
+EXIT_INTERRUPTED = 130
 
 
 class ConfigError(Exception):

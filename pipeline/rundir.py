@@ -28,6 +28,21 @@ def _is_tmp(path: str) -> bool:
     return posixpath.basename(path).startswith(TMP_PREFIX)
 
 
+#: Where each stage writes, relative to the run (DESIGN.md "The run directory"). Before a stage runs,
+#: the runner removes the temporaries (``.tmp-…``) that a killed run of it left there.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "vocab": ("vocab",),
+    "extract": ("pool",),
+    "match": ("match",),
+    "balance": ("curated", "balance"),
+    "download": ("shards",),
+    "dedup": ("hashes", "evalsets", "dedup", "clean"),
+    "train": ("train",),
+    "eval": ("eval",),
+    "audit": ("audit", "audit.duckdb"),
+}
+
+
 class RunDir:
     """A run directory at ``url`` (local path, ``memory://…``, ``s3://…``, ``gs://…``)."""
 
@@ -106,6 +121,28 @@ class RunDir:
     def remove(self, rel: str, recursive: bool = False) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=recursive)
+
+    def remove_temporaries(self, *rels: str) -> list[str]:
+        """Delete what interrupted writers left at ``rels``: temporaries under each folder, and the
+        temporary sibling of each file (``.tmp-<id>-<name>``). Returns the relative paths removed.
+
+        Call it only where no other process is writing (the runner does, before a stage's tasks).
+        """
+        hits: set[str] = set()
+        for rel in rels:
+            base = self.path(rel)
+            parent, name = posixpath.split(base)
+            hits.update(self.fs.glob(posixpath.join(base, "**", f"{TMP_PREFIX}*")))
+            hits.update(self.fs.glob(posixpath.join(parent, f"{TMP_PREFIX}*-{name}")))
+        removed = []
+        for hit in sorted(hits):  # a folder sorts before what is inside it
+            hit = "/" + hit.lstrip("/") if self.root.startswith("/") else hit
+            if any(hit.startswith(r + "/") for r in removed):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(hit, recursive=True)
+                removed.append(hit)
+        return [posixpath.relpath(r, self.root) for r in removed]
 
     # -------------------------------------------------------------- writes
     @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.errors import StageFailed
-from pipeline.rundir import RunDir
+from pipeline.rundir import STAGE_OUTPUTS, RunDir
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
@@ -175,6 +175,13 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
         return StageResult(name, Stats.from_dict(saved), skipped_stage=True)
 
     wall = time.perf_counter()
+    stale = run.remove_temporaries(
+        *(stage.outputs if stage.outputs is not None else STAGE_OUTPUTS.get(name, ())),
+        f"_done/{name}", f"_failed/{name}", run.stats_path(name),
+    )
+    if stale:
+        print(f"[{name}] removed {len(stale)} temporary file(s) an interrupted run left: "
+              f"{', '.join(stale[:5])}{' …' if len(stale) > 5 else ''}", file=sys.stderr)
     stage.check()
     tasks = stage.tasks()
     ids = [t.id for t in tasks]

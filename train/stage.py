@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +17,24 @@ from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _die_with_parent() -> None:
+    """In the trainer's process, before exec: get SIGTERM when the driver dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+def _stop(p: subprocess.Popen) -> None:
+    """Interrupt the trainer (it, or the launcher forwarding to its ranks, exits on SIGINT); escalate."""
+    for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=wait)
 
 
 class TrainStage(Stage):
@@ -77,12 +98,17 @@ class TrainStage(Stage):
         print(f"[train] {' '.join(cmd)}", file=sys.stderr, flush=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with subprocess.Popen(
-            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=_die_with_parent,
         ) as p:
             assert p.stdout is not None
-            for line in p.stdout:  # stream the trainer's progress to the console as it comes
-                sys.stderr.write(line)
-            rc = p.wait()
+            try:
+                for line in p.stdout:  # stream the trainer's progress to the console as it comes
+                    sys.stderr.write(line)
+                rc = p.wait()
+            except BaseException:  # Ctrl-C / SIGINT to this process alone: the trainer must not outlive it
+                _stop(p)
+                raise
         if rc != 0:
             raise RuntimeError(f"trainer exited with status {rc}: {' '.join(cmd)}")
         out = self.run.local_path(self.run.TRAIN)

@@ -5,31 +5,14 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-import yaml
 
-from demo import miniweb
-from demo.__main__ import demo_config, reconcile, summary
-from demo.server import serve
-from pipeline.cli import run_stages
-from pipeline.config import load_config
+from demo.__main__ import EXAMPLE_QUERIES, reconcile, summary
 from pipeline.rundir import RunDir
-from tests.ray_cluster import free_port
 
 
 @pytest.mark.slow
-def test_every_stage_end_to_end(tmp_path, shared_data, ray_local):
-    web = tmp_path / "web"
-    port = free_port()
-    spec = miniweb.MiniWebSpec(n_images=240, n_eval_per_class=6, pages=8, planted_per_evalset=6,
-                               broken_links=6, noai_images=4, refused_links=3)
-    manifest = miniweb.build(web, port, spec, shared_data / "eval" / "cifar10_test.npz")
-    cfg = demo_config(str(tmp_path / "run"), web, manifest, steps=20)
-    cfg["train"].update(batch_size=32, checkpoint_every=10, log_every=10)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    config = load_config(tmp_path / "c.yaml", ["ray.num_cpus=2"])
-    with serve(web / "site", port):
-        run_stages(config, config.stages)
-    run = RunDir(config.run)
+def test_every_stage_end_to_end(e2e_run):
+    run, manifest, config = e2e_run.run, e2e_run.manifest, e2e_run.config
 
     checks = reconcile(run)
     assert len(checks) == 3 and all(line.startswith("OK") for line in checks), checks
@@ -42,10 +25,12 @@ def test_every_stage_end_to_end(tmp_path, shared_data, ray_local):
     confirmed = overlaps[overlaps.confirmed]
     planted = {p["url"] for p in manifest["planted"] if p["evalset"] == "shapes"}
     # every planted shapes duplicate that survived balancing and download is found
-    downloaded = set()
+    downloaded, downloaded_rows, n_success = set(), 0, 0
     for p in run.glob("shards/*.parquet"):
         t = run.read_parquet(p, columns=["url", "status"]).to_pandas()
         downloaded |= set(t[t.status == "success"].url)
+        downloaded_rows += len(t)
+        n_success += int((t.status == "success").sum())
     expected = planted & downloaded
     assert expected and expected <= set(confirmed.url)
     # removed samples are not in the clean shards handed to training
@@ -62,6 +47,12 @@ def test_every_stage_end_to_end(tmp_path, shared_data, ray_local):
     with duckdb.connect(run.full_url(RunDir.AUDIT_DB), read_only=True) as db:
         tables = {r[0] for r in db.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert {"overlap_pairs", "overlap_rate", "download_status"} <= tables
+        # the summary's two example queries answer: overlap per eval set, downloads by status
+        rate = db.execute(EXAMPLE_QUERIES[0]).df().set_index("eval_set")
+        assert rate.loc["shapes", "overlapping_images"] >= 1
+        by_status = dict(db.execute(EXAMPLE_QUERIES[1]).fetchall())
+        assert sum(by_status.values()) == downloaded_rows and by_status["success"] == n_success
     assert run.exists(RunDir.AUDIT_PAGE)
-    text = summary(run, manifest, {s: 0.0 for s in config.stages})
+    text = summary(run, manifest, {s: 0.0 for s in config.stages}, peak_rss=3 * 2**30)
     assert "zero-shot shapes" in text and "MISMATCH" not in text
+    assert "peak memory 3.00 GiB" in text and all(q in text for q in EXAMPLE_QUERIES)

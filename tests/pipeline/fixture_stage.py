@@ -20,6 +20,7 @@ from pipeline.stats import Stats
 
 class HashLinesStage(Stage):
     name = "hash_lines"
+    outputs = ("lines",)
 
     def __init__(self, config, run, input_dir: str, delay: float = 0.0, fail_dir: str | None = None,
                  always_fail: tuple[str, ...] = (), stall_from: int | None = None):

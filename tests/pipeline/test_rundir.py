@@ -28,3 +28,16 @@ def test_markers_and_urls(tmp_path):
     assert run.full_url("vocab", "entries.parquet") == str(tmp_path / "r" / "vocab" / "entries.parquet")
     mem = RunDir("memory://bucket/run")
     assert mem.full_url("a.txt") == "memory://bucket/run/a.txt" and mem.is_process_local
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_remove_temporaries_of_folders_and_files(tmp_path, kind):
+    run = RunDir(str(tmp_path / "r") if kind == "local" else f"memory://rundir-tmp-{tmp_path.name}")
+    for rel in ("shards/00000.tar", "shards/.tmp-00001-ab/00001.tar", "shards/.tmp-00001-ab/00001.parquet",
+                "vocab/_parts/.tmp-1-p.parquet", ".tmp-2-audit.duckdb", "audit.duckdb", ".tmp-3-config.yaml"):
+        run.fs.makedirs(run.path(rel).rsplit("/", 1)[0], exist_ok=True)
+        run.fs.pipe(run.path(rel), b"x")
+    removed = run.remove_temporaries("shards", "vocab", "audit.duckdb")
+    assert removed == [".tmp-2-audit.duckdb", "shards/.tmp-00001-ab", "vocab/_parts/.tmp-1-p.parquet"]
+    assert run.exists("shards/00000.tar") and run.exists("audit.duckdb") and run.exists(".tmp-3-config.yaml")
+    assert run.remove_temporaries("shards", "vocab", "audit.duckdb") == []

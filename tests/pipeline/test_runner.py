@@ -77,3 +77,19 @@ def test_a_task_failing_after_retries_is_recorded_and_only_it_reruns(tmp_path, m
     assert (result.tasks_total, result.tasks_skipped) == (4, 3)
     assert not run.exists("_failed/hash_lines/part-001.json")
     assert len(run.glob("lines/*.parquet")) == 4
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path, make_config):
+    """A writer killed between its temporary write and the move leaves ``.tmp-…`` behind; the next run
+    of that stage removes its own (outputs, markers, stats), never another stage's."""
+    inputs = make_inputs(tmp_path / "in", n_files=2)
+    url = f"memory://runner-tmp-{tmp_path.name}"
+    run = RunDir(url)
+    left = ["lines/.tmp-0a-part-000.parquet", "lines/sub/.tmp-0b-x", "_done/hash_lines/.tmp-0c-part-001",
+            "stats/.tmp-0d-hash_lines.json"]
+    other = ["pool/.tmp-0e-part-00000.parquet", "stats/.tmp-0f-extract.json"]
+    for rel in left + other:
+        run.fs.pipe(run.path(rel), b"half a file")
+    run_stage(HashLinesStage(make_config(run=url), run, str(inputs)), progress=False)
+    assert [rel for rel in left + other if run.exists(rel)] == other
+    assert run.glob("lines/*.parquet") == ["lines/part-000.parquet", "lines/part-001.parquet"]
