@@ -1,9 +1,9 @@
 """Candidate pairs between training and evaluation images over all their hash views.
 
 A training image and an evaluation image are candidates when any training view hash (``phash``,
-``trim``) lies within ``tau`` of any evaluation view hash (``phash``, ``trim``, ``zoomNN``); the
-closest view pair is kept (ties: the earlier views), so verification compares the thumbnails
-that are actually aligned.
+``trim``) lies within ``tau`` of any evaluation view hash (``phash``, ``trim``, ``zoomKK_xy``). Every
+view pair within ``tau`` is returned: each is a possible alignment of the two images, and the
+verification step scores them all and keeps the best (:func:`best_view_pair`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from dedup.search import search_pairs
+from dedup.views import OFTEN_PLAIN
+
+
+def _searchable(hashes: dict[str, np.ndarray], ok: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows, view indices and hashes of every view to search; where a view that often coincides with
+    the plain one (an untrimmed image's ``trim``, a square image's ``square``) has the plain hash,
+    it is left out: it would only repeat the plain view's pairs."""
+    names = list(hashes)
+    base = hashes[names[0]]
+    idx = np.flatnonzero(ok)
+    rows, views, hs = [idx], [np.zeros(len(idx), np.int64)], [base[idx]]
+    for vi, v in enumerate(names[1:], start=1):
+        keep = idx[hashes[v][idx] != base[idx]] if v in OFTEN_PLAIN else idx
+        rows.append(keep)
+        views.append(np.full(len(keep), vi, np.int64))
+        hs.append(hashes[v][keep])
+    return np.concatenate(rows), np.concatenate(views), np.concatenate(hs)
 
 
 def match_views(
@@ -20,37 +37,46 @@ def match_views(
     eval_ok: np.ndarray,
     tau: int,
 ) -> dict[str, np.ndarray]:
-    """Closest view pair per (train row, eval row) among all view pairs within ``tau``.
+    """Every (train view, eval view) pair within ``tau``, with its image rows.
 
     ``train`` / ``evals`` map view name -> uint64 hash per row (first view: the plain ``phash``);
-    rows where ``*_ok`` is false are ignored. Returns arrays ``train_row``, ``eval_row``,
-    ``train_view``, ``eval_view``, ``distance``, sorted by (train_row, eval_row).
+    rows where ``*_ok`` is false are ignored. Returns int arrays ``train_row``, ``eval_row``,
+    ``train_view``, ``eval_view`` (indices into the dicts' keys) and ``distance``, sorted by
+    (train_row, eval_row, distance, train_view, eval_view).
     """
-    t_names, e_names = list(train), list(evals)
-    base = train[t_names[0]]
-    t_idx = np.flatnonzero(train_ok)
-    t_rows, t_views, t_hash = [t_idx], [np.zeros(len(t_idx), int)], [base[t_idx]]
-    for vi, v in enumerate(t_names[1:], start=1):
-        # An extra training view is searched only where it differs from the plain hash (trimmed images).
-        rows = t_idx[train[v][t_idx] != base[t_idx]]
-        t_rows.append(rows)
-        t_views.append(np.full(len(rows), vi))
-        t_hash.append(train[v][rows])
-    e_idx = np.flatnonzero(eval_ok)
-    e_rows = np.concatenate([e_idx] * len(e_names))
-    e_views = np.concatenate([np.full(len(e_idx), vi) for vi in range(len(e_names))])
-    e_hash = np.concatenate([evals[v][e_idx] for v in e_names])
-    t_rows, t_views, t_hash = np.concatenate(t_rows), np.concatenate(t_views), np.concatenate(t_hash)
+    t_rows, t_views, t_hash = _searchable(train, train_ok)
+    e_rows, e_views, e_hash = _searchable(evals, eval_ok)
     q, d, dist = search_pairs(t_hash, e_hash, tau)
-    tr, er, tv, ev, dist = t_rows[q], e_rows[d], t_views[q], e_views[d], dist
+    tr, er, tv, ev = t_rows[q], e_rows[d], t_views[q], e_views[d]
     order = np.lexsort((ev, tv, dist, er, tr))
-    tr, er, tv, ev, dist = tr[order], er[order], tv[order], ev[order], dist[order]
+    return {
+        "train_row": tr[order],
+        "eval_row": er[order],
+        "train_view": tv[order],
+        "eval_view": ev[order],
+        "distance": dist[order].astype(np.int16),
+    }
+
+
+def pair_starts(pairs: dict[str, np.ndarray]) -> np.ndarray:
+    """Index of the first view pair of each distinct (train_row, eval_row) in sorted ``pairs``."""
+    tr, er = pairs["train_row"], pairs["eval_row"]
     first = np.ones(len(tr), bool)
     first[1:] = (tr[1:] != tr[:-1]) | (er[1:] != er[:-1])
-    return {
-        "train_row": tr[first],
-        "eval_row": er[first],
-        "train_view": np.array([t_names[i] for i in tv[first]], dtype=object),
-        "eval_view": np.array([e_names[i] for i in ev[first]], dtype=object),
-        "distance": dist[first],
-    }
+    return np.flatnonzero(first)
+
+
+def best_view_pair(pairs: dict[str, np.ndarray], score: np.ndarray) -> np.ndarray:
+    """Per (train_row, eval_row), the index of its view pair with the highest ``score``.
+
+    Ties go to the earlier view pair (the smaller distance, then the earlier views).
+    """
+    starts = pair_starts(pairs)
+    if len(starts) == 0:
+        return starts
+    group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(score))))
+    # Sort by (group, -score, position): the first row of each group is its best view pair.
+    order = np.lexsort((np.arange(len(score)), -score, group))
+    first = np.ones(len(order), bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    return order[first]

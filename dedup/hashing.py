@@ -1,45 +1,31 @@
-"""Hash one training shard or one evaluation set: sha256 of the bytes, pHash of every view, thumbnails.
+"""Hash one training shard or one evaluation set: sha256 of the bytes and the pHash of every view.
 
-Training images get two views (``phash``, imagehash-identical, and ``trim``); evaluation images get
-those plus one ``zoomNN`` centre crop per configured zoom, and keep their 32×32 view thumbnails in
-the hashes file (eval sets are small) for verification. Decoding is per image with PIL, exactly as
-``imagehash`` decodes (``Image.open`` then ``convert("L")``); the DCTs run once per batch.
+Every image, training or eval, goes through the same decoder (:func:`dedup.decode.decode_gray`,
+JPEGs at a reduced DCT scale straight to grayscale) and the same view thumbnails
+(:mod:`dedup.views`), so both sides of a pair see one pipeline. Array eval sets (CIFAR, MNIST) have no
+encoded bytes: their pixels are the decoded image (``convert("L")``, as imagehash converts).
+Per image there is only the tar read, sha256 and the decode; the border search, the DCT, median and
+bit packing run once per batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
-from dedup.phash import phash_thumbs, view_thumbs
-from pipeline.evalsets import EvalSet
+from dedup.decode import decode_gray
+from dedup.phash import phash_thumbs
+from dedup.views import View, image_view_thumbs, train_thumbs, trim_boxes
+from pipeline.evalsets import EvalRecord, EvalSet
 from pipeline.stats import Stats
 
-TRAIN_VIEWS = ("phash", "trim")
 
-
-def zoom_views(zooms: Iterable[float]) -> tuple[str, ...]:
-    return tuple(f"zoom{round(z * 100)}" for z in zooms)
-
-
-def decode_gray(data: bytes, fast: bool = False) -> Image.Image:
-    """Decode image bytes as mode ``L``.
-
-    Default: exactly as ``imagehash.phash(Image.open(...))`` sees them (full decode, then
-    ``convert("L")``), so the ``phash`` view equals imagehash's. ``fast``: JPEGs are decoded by
-    libjpeg straight to grayscale at a reduced scale (DCT-domain scaling, ``Image.draft``) of at
-    least 64 px a side; about 2× less decoding work, and the hash is then that of a slightly
-    different (downscaled) image, no longer bit-identical to imagehash on the full decode.
-    """
-    img = Image.open(io.BytesIO(data))
-    if fast and img.format == "JPEG":
-        img.draft("L", (64, 64))
-    return img.convert("L")
+def view_column(name: str) -> str:
+    """Parquet column of a view's hash: ``phash`` for the plain view, ``phash_<view>`` otherwise."""
+    return "phash" if name == "phash" else f"phash_{name}"
 
 
 def _batched(items: Iterable, n: int) -> Iterator[list]:
@@ -53,102 +39,124 @@ def _batched(items: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
-def hash_views(
-    grays: list[Image.Image], zooms: tuple[float, ...]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """For decoded grayscale images: ``{view: uint64 hashes}`` and ``{view: (B, 32, 32) thumbnails}``."""
-    per_image = [view_thumbs(g, zooms) for g in grays]
-    names = list(per_image[0]) if per_image else ["phash", "trim", *zoom_views(zooms)]
-    thumbs = {
-        v: np.stack([p[v] for p in per_image]) if per_image else np.zeros((0, 32, 32), np.uint8)
-        for v in names
-    }
-    return {v: phash_thumbs(t) for v, t in thumbs.items()}, thumbs
-
-
 def hash_training_samples(
-    samples: Iterable, shard: str, batch_size: int, stats: Stats, fast_decode: bool = False
+    samples: Iterable, shard: str, batch_size: int, stats: Stats, min_side: int, trim_tol: int
 ) -> pa.Table:
-    """Hashes of every sample of one shard: one row each, ``status`` ``ok`` or why it has no hash."""
-    rows: dict[str, list] = {k: [] for k in ("shard", "key", "uid", "sha256", "status", "width", "height")}
-    hashes: dict[str, list] = {v: [] for v in TRAIN_VIEWS}
-    trimmed: list[bool] = []
+    """Hashes of every sample of one shard: one row each, ``status`` ``ok`` or why it has no hash.
+
+    Columns: shard, key, uid, sha256, status, width, height (of the stored image), phash,
+    phash_trim, trimmed.
+    """
+    cols: dict[str, list] = {k: [] for k in ("shard", "key", "uid", "sha256", "status", "width", "height")}
+    phash_parts, trim_parts, trimmed_parts, ok_parts = [], [], [], []
     for batch in _batched(samples, batch_size):
-        grays, ok_rows = [], []
-        for s in batch:
+        grays, ok = [], np.zeros(len(batch), bool)
+        for j, s in enumerate(batch):
             data = s.image
-            rows["shard"].append(shard)
-            rows["key"].append(s.key)
-            rows["uid"].append(str(s.meta.get("uid", "")) or None)
-            rows["sha256"].append(hashlib.sha256(data).hexdigest() if data else None)
+            cols["shard"].append(shard)
+            cols["key"].append(s.key)
+            cols["uid"].append(str(s.meta.get("uid", "")) or None)
+            cols["sha256"].append(hashlib.sha256(data).hexdigest() if data else None)
             status, size = "ok", (None, None)
             if data is None:
                 status = "no_image"
             else:
                 try:
-                    g = decode_gray(data, fast_decode)
-                    grays.append(g)
-                    ok_rows.append(len(rows["key"]) - 1)
-                    size = g.size
+                    gray, size = decode_gray(data, min_side)
+                    grays.append(gray)
+                    ok[j] = True
                 except Exception as exc:  # a broken image is a counted drop, not a crash
                     status = f"undecodable: {type(exc).__name__}"
-            rows["status"].append(status)
-            rows["width"].append(size[0])
-            rows["height"].append(size[1])
-            stats.inc("samples")
+            cols["status"].append(status)
+            cols["width"].append(size[0])
+            cols["height"].append(size[1])
             if status != "ok":
                 stats.drop("no_image" if data is None else "undecodable")
-        view_hashes, thumbs = hash_views(grays, ())
-        # Rows without a hash keep nulls; fill this batch's slots in order.
-        start = len(trimmed)
-        for v in TRAIN_VIEWS:
-            hashes[v].extend([None] * len(batch))
-        trimmed.extend([None] * len(batch))
-        for j, r in enumerate(ok_rows):
-            for v in TRAIN_VIEWS:
-                hashes[v][r] = int(view_hashes[v][j])
-            trimmed[r] = bool(not np.array_equal(thumbs["trim"][j], thumbs["phash"][j]))
-        stats.inc("hashed", len(ok_rows))
-        assert len(trimmed) == start + len(batch)
-    cols = {k: pa.array(v, pa.string()) for k, v in rows.items() if k not in ("width", "height")}
-    cols["width"] = pa.array(rows["width"], pa.int32())
-    cols["height"] = pa.array(rows["height"], pa.int32())
-    cols["phash"] = pa.array(hashes["phash"], pa.uint64())
-    cols["phash_trim"] = pa.array(hashes["trim"], pa.uint64())
-    cols["trimmed"] = pa.array(trimmed, pa.bool_())
-    return pa.table(cols)
+        plain, trim, trimmed = train_thumbs(grays, trim_tol)
+        h_plain = phash_thumbs(plain)
+        h_trim = h_plain.copy()
+        h_trim[trimmed] = phash_thumbs(trim[trimmed])
+        # Rows without a hash keep nulls (a masked slot per failed sample).
+        for part, values in ((phash_parts, h_plain), (trim_parts, h_trim), (trimmed_parts, trimmed)):
+            full = np.zeros(len(batch), values.dtype)
+            full[ok] = values
+            part.append(full)
+        ok_parts.append(ok)
+        stats.inc("samples", len(batch))
+        stats.inc("hashed", int(ok.sum()))
+    valid = np.concatenate(ok_parts) if ok_parts else np.zeros(0, bool)
+
+    def masked(parts: list[np.ndarray], typ: pa.DataType) -> pa.Array:
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        return pa.array(values, typ, mask=~valid)
+
+    table = {k: pa.array(v, pa.string()) for k, v in cols.items() if k not in ("width", "height")}
+    table["width"] = pa.array(cols["width"], pa.int32())
+    table["height"] = pa.array(cols["height"], pa.int32())
+    table["phash"] = masked(phash_parts, pa.uint64())
+    table["phash_trim"] = masked(trim_parts, pa.uint64())
+    table["trimmed"] = masked(trimmed_parts, pa.bool_())
+    return pa.table(table)
 
 
-def hash_evalset(es: EvalSet, zooms: tuple[float, ...], batch_size: int, stats: Stats) -> pa.Table:
-    """Hashes and view thumbnails of every image of an evaluation set (undecodable ones with status and nulls)."""
-    views = ["phash", "trim", *zoom_views(zooms)]
+def extreme_fraction(thumbs: np.ndarray) -> np.ndarray:
+    """Per 32×32 thumbnail, the fraction of pixels near black or white (≤ 16 or ≥ 239): ~0.8 for
+    MNIST digits, under 0.2 for photos; the eval set's mean decides profile ``auto``."""
+    t = thumbs.reshape(len(thumbs), -1)
+    return ((t <= 16) | (t >= 239)).mean(axis=1)
+
+
+def eval_gray(rec: EvalRecord, min_side: int) -> np.ndarray:
+    """The decoded grayscale image of an eval record: its bytes through :func:`decode_gray`, or its pixels."""
+    if rec.image_bytes is not None:
+        return decode_gray(rec.image_bytes, min_side)[0]
+    if rec.image is None:
+        raise ValueError(f"eval record {rec.eval_id!r} has no image")
+    return np.asarray(rec.image.convert("L"))
+
+
+def eval_thumbs(gray: np.ndarray, views: tuple[View, ...], trim_tol: int) -> np.ndarray:
+    """Thumbnails ``(V, 32, 32)`` of every eval view of one decoded eval image."""
+    box = tuple(int(x) for x in trim_boxes(gray[None], trim_tol)[0])
+    return image_view_thumbs(gray, views, box)
+
+
+def hash_evalset(
+    es: EvalSet, views: tuple[View, ...], batch_size: int, stats: Stats, min_side: int, trim_tol: int
+) -> pa.Table:
+    """Hashes of every view of every image of an evaluation set (undecodable ones with status and nulls)."""
     cols: dict[str, list] = {k: [] for k in ("eval_id", "label", "sha256", "status")}
-    hcols: dict[str, list] = {v: [] for v in views}
-    tcols: dict[str, list] = {v: [] for v in views}
+    parts: list[np.ndarray] = []
+    extreme_parts: list[np.ndarray] = []
+    ok_parts: list[np.ndarray] = []
     for batch in _batched(es, batch_size):
-        grays, ok = [], []
-        for rec in batch:
+        thumbs, ok = [], np.zeros(len(batch), bool)
+        for j, rec in enumerate(batch):
             cols["eval_id"].append(rec.eval_id)
             cols["label"].append(rec.label)
+            sha = None
             try:
-                cols["sha256"].append(rec.sha256())
-                grays.append(rec.gray())
-                ok.append(True)
-                cols["status"].append("ok")
+                sha = rec.sha256()
+                thumbs.append(eval_thumbs(eval_gray(rec, min_side), views, trim_tol))
+                ok[j] = True
+                status = "ok"
             except Exception as exc:  # counted, kept as a row without hashes
-                if len(cols["sha256"]) < len(cols["eval_id"]):
-                    cols["sha256"].append(None)
-                ok.append(False)
-                cols["status"].append(f"undecodable: {type(exc).__name__}")
+                status = f"undecodable: {type(exc).__name__}"
                 stats.drop("eval_undecodable")
-        vh, th = hash_views(grays, zooms)
-        j = 0
-        for good in ok:
-            for v in views:
-                hcols[v].append(int(vh[v][j]) if good else None)
-                tcols[v].append(th[v][j].tobytes() if good else None)
-            j += int(good)
+            cols["sha256"].append(sha)
+            cols["status"].append(status)
+        hashes = np.zeros((len(batch), len(views)), np.uint64)
+        extreme = np.zeros(len(batch))
+        if thumbs:
+            stack = np.stack(thumbs)  # (b, V, 32, 32)
+            hashes[ok] = phash_thumbs(stack.reshape(-1, 32, 32)).reshape(len(thumbs), len(views))
+            extreme[ok] = extreme_fraction(stack[:, 0])
+        parts.append(hashes)
+        extreme_parts.append(extreme)
+        ok_parts.append(ok)
         stats.inc("eval_images", len(batch))
+    hashes = np.concatenate(parts) if parts else np.zeros((0, len(views)), np.uint64)
+    valid = np.concatenate(ok_parts) if ok_parts else np.zeros(0, bool)
     table = {
         "eval_id": pa.array(cols["eval_id"], pa.string()),
         "label": pa.array(cols["label"], pa.int64()),
@@ -156,8 +164,8 @@ def hash_evalset(es: EvalSet, zooms: tuple[float, ...], batch_size: int, stats: 
         "sha256": pa.array(cols["sha256"], pa.string()),
         "status": pa.array(cols["status"], pa.string()),
     }
-    for v in views:
-        table["phash" if v == "phash" else f"phash_{v}"] = pa.array(hcols[v], pa.uint64())
-    for v in views:
-        table[f"thumb_{v}"] = pa.array(tcols[v], pa.binary())
+    extreme = np.concatenate(extreme_parts) if extreme_parts else np.zeros(0)
+    table["extreme_frac"] = pa.array(extreme.astype(np.float32), pa.float32(), mask=~valid)
+    for i, v in enumerate(views):
+        table[view_column(v.name)] = pa.array(hashes[:, i], pa.uint64(), mask=~valid)
     return pa.table(table)

@@ -1,4 +1,8 @@
-"""Reading and writing img2dataset webdataset shards (``NNNNN.tar``: ``<key>.jpg``, ``<key>.json``, ``<key>.txt``)."""
+"""Reading and writing img2dataset webdataset shards (``NNNNN.tar``: ``<key>.jpg``, ``<key>.json``, ``<key>.txt``).
+
+Reading goes through :mod:`dedup.tarread` (a lean header parser: ``tarfile`` costs more per sample
+than hashing it); writing through ``tarfile``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dedup.tarread import Member, iter_members
 from pipeline.rundir import RunDir
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -16,11 +21,11 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 @dataclass
 class Sample:
-    """One sample of a shard: its key, the tar members by extension, and their TarInfo (to copy them)."""
+    """One sample of a shard: its key, the tar members' bytes by extension, and the members (to copy them)."""
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
-    infos: list[tarfile.TarInfo] = field(default_factory=list)
+    infos: list[Member] = field(default_factory=list)
 
     @property
     def image(self) -> bytes | None:
@@ -37,19 +42,17 @@ class Sample:
 
 def iter_samples(run: RunDir, rel: str) -> Iterator[Sample]:
     """Samples of the tar ``rel`` in file order, grouped like webdataset does (key = name before the first dot)."""
-    with run.fs.open(run.path(rel), "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tf:
+    with run.fs.open(run.path(rel), "rb", block_size=1 << 22) as fh:
         current: Sample | None = None
-        for info in tf:
-            if not info.isfile():
-                continue
-            base = posixpath.basename(info.name)
-            stem, _, ext = base.partition(".")
-            key = posixpath.join(posixpath.dirname(info.name), stem)
+        for info in iter_members(fh):
+            slash = info.name.rfind("/")
+            stem, _, ext = info.name[slash + 1 :].partition(".")
+            key = info.name[: slash + 1] + stem
             if current is None or key != current.key:
                 if current is not None:
                     yield current
                 current = Sample(key)
-            current.members[ext.lower()] = tf.extractfile(info).read()  # type: ignore[union-attr]
+            current.members[ext.lower()] = info.data
             current.infos.append(info)
         if current is not None:
             yield current

@@ -5,10 +5,13 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
 
 1. finds byte-identical (sha256) and near-identical (pHash ``<= dedup.pool_tau``, verified)
    training images inside the pool and marks all but the first copy;
-2. searches every training view hash against every eval view hash at ``<= tau`` (exact
-   multi-index hashing, :mod:`dedup.search`), keeps the closest view pair per (train, eval) image;
-3. verifies each candidate with the correlation of the two aligned 32×32 thumbnails
-   (:mod:`dedup.verify`) and writes ``<run>/dedup/overlaps.parquet`` with both scores;
+2. per eval set, picks its profile (natural or line art, :meth:`DedupConfig.thresholds`) and
+   searches every training view hash against every eval view hash at ``<= tau`` (exact
+   multi-index hashing, :mod:`dedup.search`), keeping every view pair that matched;
+3. re-reads the candidates' images (training shards and the eval set, with the hashing decoder),
+   scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
+   (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
+   ``<run>/dedup/overlaps.parquet`` with both scores;
 4. writes ``<run>/clean/NNNNN.{tar,parquet}`` and ``clean/sizes.json`` and the reconciliation
    ``<run>/dedup/summary.json`` (downloaded = clean + removed by reason).
 """
@@ -24,10 +27,12 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from dedup.detect import match_views
-from dedup.hashing import hash_evalset, hash_training_samples, zoom_views
+from dedup.hashing import hash_evalset, hash_training_samples, view_column
+from dedup.score import verify_scores
 from dedup.search import search_pairs
 from dedup.shards import TarSink, iter_samples
-from dedup.verify import train_view_thumbs, verify_pairs
+from dedup.verify import eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
+from dedup.views import TRAIN_VIEWS, View, eval_views
 from pipeline.errors import ConfigError
 from pipeline.evalsets import open_evalset
 from pipeline.stage import Stage, Task
@@ -76,13 +81,29 @@ class DedupStage(Stage):
         if kind == "shard":
             shard = _stem(arg)
             table = hash_training_samples(
-                iter_samples(self.run, arg), shard, cfg.batch_size, stats, cfg.fast_decode
+                iter_samples(self.run, arg),
+                shard,
+                cfg.batch_size,
+                stats,
+                cfg.decode_min_side,
+                cfg.trim_tolerance,
             )
             self.run.write_parquet(f"hashes/{shard}.parquet", table)
         else:
             spec = next(s for s in self.config.evalsets if s.name == arg)
-            table = hash_evalset(open_evalset(spec), tuple(cfg.eval_zooms), cfg.batch_size, stats)
+            table = hash_evalset(
+                open_evalset(spec),
+                self._eval_views(),
+                cfg.batch_size,
+                stats,
+                cfg.decode_min_side,
+                cfg.trim_tolerance,
+            )
             self.run.write_parquet(f"evalsets/{spec.name}/hashes.parquet", table)
+
+    def _eval_views(self) -> tuple[View, ...]:
+        cfg = self.config.dedup
+        return eval_views(tuple(cfg.eval_zooms), cfg.eval_anchors, cfg.eval_square)
 
     # ---------------------------------------------------------------- finalize
     def finalize(self, stats: Stats) -> None:
@@ -95,34 +116,44 @@ class DedupStage(Stage):
             None if s == "ok" else ("no_image" if s == "no_image" else "undecodable") for s in status
         ]
         ok = np.array([r is None for r in reason])
-        ph = _u64(train.column("phash"))
-        ph_trim = _u64(train.column("phash_trim"))
+        train_hashes = {v.name: _u64(train.column(view_column(v.name))) for v in TRAIN_VIEWS}
+        views = self._eval_views()
 
-        # --- eval overlaps: every (train view, eval view) pair within tau
+        # --- eval overlaps: every (train view, eval view) pair within the set's tau
         overlap_tables, per_set = [], {}
-        needed: dict[int, set[str]] = {}
+        needed: set[int] = set()
         candidates = []
         for spec in self.config.evalsets:
             ev = self.run.read_parquet(f"evalsets/{spec.name}/hashes.parquet")
-            tau, thr = cfg.thresholds(spec.name)
-            pairs = _eval_candidates(ph, ph_trim, ok, ev, tau, tuple(cfg.eval_zooms))
-            candidates.append((spec, ev, tau, thr, pairs))
-            for ti, tv in zip(pairs["train_row"], pairs["train_view"], strict=True):
-                needed.setdefault(int(ti), set()).add(tv)
+            required = [*(view_column(v.name) for v in views), "extreme_frac"]
+            missing = [c for c in required if c not in ev.column_names]
+            if missing:
+                raise ConfigError(
+                    f"{self.run.full_url(f'evalsets/{spec.name}/hashes.parquet')} lacks {missing}: it was hashed "
+                    "by an older webclip or with other dedup.eval_zooms/eval_anchors/eval_square; delete it and its marker "
+                    f"<run>/_done/dedup/eval-{spec.name}, then rerun `webclip dedup`"
+                )
+            ev_ok = np.array([s == "ok" for s in ev.column("status").to_pylist()], bool)
+            extreme = ev.column("extreme_frac").to_numpy(zero_copy_only=False)
+            lineart = bool(ev_ok.any() and np.nanmean(extreme[ev_ok]) >= cfg.lineart_min_extreme)
+            profile, tau, thr = cfg.thresholds(spec.name, lineart)
+            evals = {v.name: _u64(ev.column(view_column(v.name))) for v in views}
+            pairs = match_views(train_hashes, ok, evals, ev_ok, tau)
+            candidates.append((spec, ev, profile, tau, thr, pairs))
+            needed.update(int(r) for r in np.unique(pairs["train_row"]))
 
         # --- pool near duplicates (pHash within pool_tau of an earlier image, then verified)
         near_pairs = np.zeros((0, 3), np.int64)
         if cfg.pool_tau is not None:
             idx = np.flatnonzero(ok)
+            ph = train_hashes["phash"]
             q, d, dist = search_pairs(ph[idx], ph[idx], cfg.pool_tau)
             later = q > d  # pair (later, earlier): the later copy is the one removed
             near_pairs = np.stack([idx[q[later]], idx[d[later]], dist[later]], axis=1)
-            for a, b in near_pairs[:, :2]:
-                needed.setdefault(int(a), set()).add("phash")
-                needed.setdefault(int(b), set()).add("phash")
+            needed.update(int(r) for r in near_pairs[:, :2].ravel())
 
         # Re-read the candidates' training images from the shards (only shards that hold some).
-        thumbs, meta = train_view_thumbs(self.run, train, needed, cfg.fast_decode)
+        thumbs, meta = train_view_thumbs(self.run, train, needed, cfg.decode_min_side, cfg.trim_tolerance)
 
         # --- exact duplicates: later copies of the same sha256
         if cfg.exact_dups:
@@ -136,10 +167,17 @@ class DedupStage(Stage):
                         first_seen[sha[i]] = i
 
         keys, shards_col, uids = (train.column(c).to_pylist() for c in ("key", "shard", "uid"))
-        for spec, ev, tau, thr, pairs in candidates:
-            table = verify_pairs(spec.name, pairs, ev, thumbs, thr)
-            m = [meta.get(int(i), {}) for i in pairs["train_row"]]
-            rows = pairs["train_row"]
+        for spec, ev, profile, tau, thr, pairs in candidates:
+            eval_rows = {int(r) for r in np.unique(pairs["eval_row"])}
+            e_thumbs = eval_view_thumbs(
+                open_evalset(spec), ev, eval_rows, views, cfg.decode_min_side, cfg.trim_tolerance
+            )
+            # Natural images: re-score near-threshold view pairs with sub-pixel alignment; line art
+            # is judged on the coarse score (refinement lifts distinct strokes as much as copies).
+            refine_from = thr - cfg.refine_margin if profile == "natural" else None
+            score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from)
+            table, rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
+            m = [meta.get(int(i), {}) for i in rows]
             table = table.append_column("uid", pa.array([uids[i] for i in rows], pa.string()))
             table = table.append_column("shard", pa.array([shards_col[i] for i in rows], pa.string()))
             table = table.append_column("key", pa.array([keys[i] for i in rows], pa.string()))
@@ -158,9 +196,11 @@ class DedupStage(Stage):
             per_set[spec.name] = {
                 "eval_images": ev.num_rows,
                 "eval_hashed": n_eval,
+                "profile": profile,
                 "tau": tau,
                 "verify_threshold": thr,
                 "candidate_pairs": table.num_rows,
+                "candidate_view_pairs": len(pairs["train_row"]),
                 "confirmed_pairs": int(np.sum(confirmed)),
                 "eval_images_overlapping": len(set(eval_hit.to_pylist())),
                 "overlap_rate": round(len(set(eval_hit.to_pylist())) / max(n_eval, 1), 6),
@@ -220,14 +260,11 @@ class DedupStage(Stage):
             )
 
     def _pool_near_dups(self, pairs, thumbs, reason, train, sha_exact: bool) -> pa.Table:
-        from dedup.phash import correlation
-
         cfg = self.config.dedup
         keep_rows = []
         if len(pairs):
-            a = np.stack([thumbs[(int(i), "phash")] for i in pairs[:, 0]])
-            b = np.stack([thumbs[(int(j), "phash")] for j in pairs[:, 1]])
-            score = correlation(a, b)
+            plain = np.zeros(len(pairs), np.int64)  # view 0: phash
+            score = verify_scores(thumbs.take(pairs[:, 0], plain), thumbs.take(pairs[:, 1], plain), None)
             for (i, j, dist), s in zip(pairs, score, strict=True):
                 kind = "exact" if sha_exact and reason[int(i)] == "exact_dup" else "near"
                 confirmed = bool(s >= cfg.pool_verify_threshold)
@@ -305,16 +342,6 @@ def _stem(rel: str) -> str:
 
 def _u64(col: pa.ChunkedArray) -> np.ndarray:
     return col.fill_null(0).to_numpy().astype(np.uint64)
-
-
-def _eval_candidates(
-    ph, ph_trim, ok, ev: pa.Table, tau: int, zooms: tuple[float, ...]
-) -> dict[str, np.ndarray]:
-    """Closest view pair per (train row, eval row) among all pairs of views within ``tau``."""
-    eval_views = ["phash", "trim", *zoom_views(zooms)]
-    ev_ok = np.array([s == "ok" for s in ev.column("status").to_pylist()], bool)
-    evals = {v: _u64(ev.column("phash" if v == "phash" else f"phash_{v}")) for v in eval_views}
-    return match_views({"phash": ph, "trim": ph_trim}, ok, evals, ev_ok, tau)
 
 
 def _empty_overlaps() -> pa.Table:

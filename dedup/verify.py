@@ -2,9 +2,13 @@
 
 pHash keeps 64 sign bits of low DCT frequencies; distinct but similar images (MNIST digits of one
 class, flat-background product shots) collide within small radii. The check here compares the
-actual aligned pixels: the Pearson correlation of the two 32×32 grayscale thumbnails of the view
-pair that matched (same crop/trim on each side). It is invariant to brightness and contrast, close
-to 1 for resized / re-encoded copies, and measured in BENCHMARKS.md (dedup section).
+actual aligned pixels of the view pair that matched (same crop/trim on each side): the Pearson
+correlation of the two 32×32 grayscale thumbnails, the best over integer shifts of ±1 pixel and,
+near the threshold, over sub-pixel shifts and ±3 % scale (the residual misalignment of a crop
+between two anchor views). It is invariant to brightness and contrast, close to 1 for resized /
+re-encoded copies, and measured in BENCHMARKS.md (dedup section).
+A candidate pair of images is scored on every view pair that matched within τ; the best one is kept.
+The score itself is in :mod:`dedup.score`.
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from dedup.hashing import decode_gray
-from dedup.phash import correlation, view_thumbs
+from dedup.decode import decode_gray
+from dedup.detect import best_view_pair
+from dedup.hashing import eval_gray, eval_thumbs
+from dedup.score import verify_scores
 from dedup.shards import iter_samples
+from dedup.views import TRAIN_VIEWS, View, train_thumbs
+from pipeline.evalsets import EvalSet
 from pipeline.rundir import RunDir
+
+THUMB = 32
 
 OVERLAP_SCHEMA = pa.schema(
     [
@@ -42,59 +52,127 @@ def empty_overlaps() -> pa.Table:
     return OVERLAP_SCHEMA.empty_table()
 
 
-def train_view_thumbs(
-    run: RunDir, train: pa.Table, needed: dict[int, set[str]], fast_decode: bool = False
-) -> tuple[dict[tuple[int, str], np.ndarray], dict[int, dict]]:
-    """Thumbnails ``{(row, view): 32×32}`` and json metadata ``{row: meta}`` of the training rows in ``needed``.
+# ------------------------------------------------------------------ re-reading the two sides
+class ThumbStack:
+    """View thumbnails of some rows: ``stack[pos[row], view]`` is a (32, 32) uint8 thumbnail."""
 
-    Only the shards holding a needed row are read, each once, streaming.
+    def __init__(self, rows: list[int], stack: np.ndarray):
+        self.rows = np.asarray(rows, np.int64)
+        self.stack = stack
+        self.pos = {int(r): i for i, r in enumerate(rows)}
+
+    def take(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
+        idx = np.fromiter((self.pos[int(r)] for r in rows), np.int64, len(rows))
+        return self.stack[idx, views]
+
+
+def train_view_thumbs(
+    run: RunDir, train: pa.Table, rows: set[int], min_side: int, trim_tol: int
+) -> tuple[ThumbStack, dict[int, dict]]:
+    """``phash``/``trim`` thumbnails and json metadata ``{row: meta}`` of the training ``rows``.
+
+    Only the shards holding a needed row are read, each once, streaming, with the hashing decoder,
+    so the thumbnails are exactly those that were hashed.
     """
     shards, keys = train.column("shard").to_pylist(), train.column("key").to_pylist()
     wanted: dict[str, dict[str, int]] = {}
-    for row in needed:
+    for row in rows:
         wanted.setdefault(shards[row], {})[keys[row]] = row
-    thumbs: dict[tuple[int, str], np.ndarray] = {}
+    found: list[int] = []
+    grays: list[np.ndarray] = []
     meta: dict[int, dict] = {}
-    for shard, rows in sorted(wanted.items()):
+    for shard, by_key in sorted(wanted.items()):
         for sample in iter_samples(run, f"shards/{shard}.tar"):
-            row = rows.get(sample.key)
+            row = by_key.get(sample.key)
             if row is None:
                 continue
-            views = view_thumbs(decode_gray(sample.image, fast_decode))
-            for v in needed[row]:
-                thumbs[(row, v)] = views[v]
+            grays.append(decode_gray(sample.image, min_side)[0])
+            found.append(row)
             meta[row] = sample.meta
-    return thumbs, meta
+    missing = set(rows) - set(found)
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} hashed training samples are no longer in their shards (e.g. row {min(missing)}: "
+            f"{shards[min(missing)]}/{keys[min(missing)]}); the shards changed after hashing — rerun `webclip dedup` "
+            "from scratch"
+        )
+    plain, trim, _ = train_thumbs(grays, trim_tol)
+    stack = (
+        np.stack([plain, trim], axis=1) if found else np.zeros((0, len(TRAIN_VIEWS), THUMB, THUMB), np.uint8)
+    )
+    return ThumbStack(found, stack), meta
+
+
+def eval_view_thumbs(
+    es: EvalSet, ev: pa.Table, rows: set[int], views: tuple[View, ...], min_side: int, trim_tol: int
+) -> ThumbStack:
+    """View thumbnails of the eval images at ``rows``, recomputed from the eval set.
+
+    Eval sets are small and re-readable; storing ~20 thumbnails per image would cost more than this
+    one pass. The eval set must be the one that was hashed: a changed image (sha256) is an error.
+    """
+    sha = ev.column("sha256").to_pylist()
+    found: list[int] = []
+    thumbs: list[np.ndarray] = []
+    for row, rec in enumerate(es):
+        if row not in rows:
+            continue
+        if rec.sha256() != sha[row]:
+            raise RuntimeError(
+                f"eval set {es.name!r} changed since it was hashed (image {rec.eval_id!r}); delete "
+                f"<run>/evalsets/{es.name}/ and <run>/_done/dedup/eval-{es.name}, then rerun `webclip dedup`"
+            )
+        thumbs.append(eval_thumbs(eval_gray(rec, min_side), views, trim_tol))
+        found.append(row)
+    stack = np.stack(thumbs) if thumbs else np.zeros((0, len(views), THUMB, THUMB), np.uint8)
+    return ThumbStack(found, stack)
+
+
+def score_view_pairs(
+    pairs: dict[str, np.ndarray],
+    train: ThumbStack,
+    evals: ThumbStack,
+    refine_from: float | None,
+    block: int = 65536,
+) -> np.ndarray:
+    """Verification score (:func:`dedup.score.verify_scores`) of every view pair in ``pairs``, a block at a time."""
+    n = len(pairs["train_row"])
+    out = np.zeros(n, np.float32)
+    for i in range(0, n, block):
+        sl = slice(i, i + block)
+        a = train.take(pairs["train_row"][sl], pairs["train_view"][sl])
+        b = evals.take(pairs["eval_row"][sl], pairs["eval_view"][sl])
+        out[sl] = verify_scores(a, b, refine_from)
+    return out
 
 
 def verify_pairs(
-    eval_set: str, pairs: dict[str, np.ndarray], ev: pa.Table, thumbs: dict, threshold: float
-) -> pa.Table:
-    """The candidate pairs of one eval set with their verification score and ``confirmed`` flag."""
-    n = len(pairs["train_row"])
-    if n == 0:
-        return empty_overlaps().select([f.name for f in OVERLAP_SCHEMA][:9])
-    er = pairs["eval_row"]
-    eval_thumbs = np.stack(
-        [
-            np.frombuffer(ev.column(f"thumb_{v}")[int(r)].as_py(), np.uint8).reshape(32, 32)
-            for r, v in zip(er, pairs["eval_view"], strict=True)
-        ]
-    )
-    train_thumbs = np.stack(
-        [thumbs[(int(r), v)] for r, v in zip(pairs["train_row"], pairs["train_view"], strict=True)]
-    )
-    score = correlation(train_thumbs, eval_thumbs).astype(np.float32)
-    return pa.table(
+    eval_set: str,
+    pairs: dict[str, np.ndarray],
+    score: np.ndarray,
+    eval_view_names: list[str],
+    ev: pa.Table,
+    threshold: float,
+) -> tuple[pa.Table, np.ndarray]:
+    """One row per candidate (train image, eval image): its best-scoring view pair, score and ``confirmed``.
+
+    Returns the table (first 9 overlap columns) and the training row of each of its rows.
+    """
+    best = best_view_pair(pairs, score)
+    er, tr = pairs["eval_row"][best], pairs["train_row"][best]
+    s = score[best].astype(np.float32)
+    train_names = [v.name for v in TRAIN_VIEWS]
+    table = pa.table(
         {
-            "eval_set": pa.array([eval_set] * n, pa.string()),
+            "eval_set": pa.array([eval_set] * len(best), pa.string()),
             "eval_id": ev.column("eval_id").take(pa.array(er)).combine_chunks(),
             "label": ev.column("label").take(pa.array(er)).combine_chunks(),
             "class_name": ev.column("class_name").take(pa.array(er)).combine_chunks(),
-            "distance": pa.array(pairs["distance"], pa.int16()),
-            "train_view": pa.array(list(pairs["train_view"]), pa.string()),
-            "eval_view": pa.array(list(pairs["eval_view"]), pa.string()),
-            "verify_score": pa.array(score, pa.float32()),
-            "confirmed": pa.array(score >= threshold, pa.bool_()),
+            "distance": pa.array(pairs["distance"][best], pa.int16()),
+            "train_view": pa.array([train_names[i] for i in pairs["train_view"][best]], pa.string()),
+            "eval_view": pa.array([eval_view_names[i] for i in pairs["eval_view"][best]], pa.string()),
+            "verify_score": pa.array(s, pa.float32()),
+            "confirmed": pa.array(s >= threshold, pa.bool_()),
         }
     )
+    return table, tr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import pyarrow.parquet as pq
 import pytest
 
 from dedup.audit import AuditStage
@@ -61,15 +62,22 @@ def page_run(tmp_path_factory, shared_data, ray_local):
     CHROMIUM is None, reason="Debian `chromium` is not installed (apt-get install -y chromium)"
 )
 def test_page_renders_in_chromium_with_pairs_and_plot(page_run, tmp_path):
-    _, run, _ = page_run
+    cfg, run, _ = page_run
+    ov = pq.read_table(run.path("dedup/overlaps.parquet")).to_pylist()
+    # Rejected candidates shown: up to audit.show_rejected per eval set (how many exist depends on the detector).
+    rejected = sum(
+        min(cfg.audit.show_rejected, sum(1 for r in ov if r["eval_set"] == s and not r["confirmed"]))
+        for s in {r["eval_set"] for r in ov}
+    )
+    assert rejected >= 1
     page = run.local_path("audit/index.html")
     html = page.read_text()
     # Self-contained: every image is a data: URI, no external stylesheet or script.
     assert 'src="http' not in html and "<link" not in html and "<script" not in html
     dom = _chromium(["--dump-dom", page.as_uri()], tmp_path / "profile1").stdout
     # The browser parsed the page: its DOM holds the pairs, the rates, the plot and every section.
-    assert dom.count('class="pair"') == 6 and dom.count('class="pair rejected"') == 3
-    assert dom.count('src="data:image/png;base64,') >= 2 * 9 + 1
+    assert dom.count('class="pair"') == 6 and dom.count('class="pair rejected"') == rejected
+    assert dom.count('src="data:image/png;base64,') >= 2 * (6 + rejected) + 1
     assert 'id="longtail-plot"' in dom and 'id="overlap-analysis"' in dom and 'id="download"' in dom
     assert "failed_to_download" in dom and "airplane" in dom
     assert '<td class="num">4</td>' in dom  # cifar10: 4 overlapping eval images

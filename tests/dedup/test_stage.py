@@ -53,6 +53,8 @@ def test_overlaps_are_found_verified_and_removed(dedup_run):
     assert summary["reconciles"] and summary["downloaded"] == sum(len(v) for v in expect.values())
     assert summary["removed"] == {"eval_overlap": 6, "exact_dup": 1, "undecodable": 1}
     assert summary["eval_sets"]["cifar10"]["eval_images_overlapping"] == 4
+    assert summary["eval_sets"]["cifar10"]["profile"] == "natural"
+    assert summary["eval_sets"]["mnist"]["profile"] == "lineart"  # detected: mostly black/white thumbnails
     assert summary["eval_sets"]["cifar10"]["overlap_rate"] == pytest.approx(4 / 300, abs=1e-5)
     stats = run.read_json("stats/dedup.json")
     assert stats["counts"]["clean"] == summary["clean"] == len(expect["clean"])
@@ -77,9 +79,14 @@ def test_clean_shards_read_with_webdataset_and_sizes_match(dedup_run):
     assert {"uid", "key", "shard", "sha256", "phash", "phash_trim"} <= set(hashes.column_names)
     assert str(hashes.schema.field("phash").type) == "uint64"
     ev = pq.read_table(run.path("evalsets/cifar10/hashes.parquet"))
-    assert ev.num_rows == 300 and {"eval_id", "label", "sha256", "phash", "phash_zoom90"} <= set(
-        ev.column_names
-    )
+    assert ev.num_rows == 300 and {
+        "eval_id",
+        "label",
+        "sha256",
+        "phash",
+        "phash_zoom90_11",
+        "extreme_frac",
+    } <= set(ev.column_names)
 
 
 def test_report_mode_keeps_every_sample(tmp_path, make_config, shared_data, evalset_overrides, ray_local):
@@ -103,3 +110,56 @@ def test_bad_config_and_missing_shards_are_config_errors(tmp_path, make_config, 
     cfg, run = _run(make_config, tmp_path, evalset_overrides)
     with pytest.raises(ConfigError, match="webclip download"):
         DedupStage(cfg, run).check()
+
+
+def test_cropped_and_letterboxed_photos_are_found_and_verified(tmp_path, shared_data, ray_local):
+    """A 10 % crop and an img2dataset-style letterboxed copy of real photos, planted in a training
+    shard, are confirmed against a folder eval set of photos; a photo outside the set is not."""
+    from PIL import Image, ImageOps
+
+    from pipeline.config import load_config
+    from tests.dedup.conftest import jpeg, write_shard
+
+    photos = sorted((shared_data / "photos").rglob("*.jpg"))
+    eval_dir = tmp_path / "evalphotos" / "coco"
+    eval_dir.mkdir(parents=True)
+    for p in photos[100:120]:
+        (eval_dir / p.name).symlink_to(p)
+    crop_src, box_src, outsider = photos[105], photos[112], photos[3]
+
+    img = Image.open(crop_src).convert("RGB")
+    w, h = img.size
+    crop = img.crop((round(0.07 * w), round(0.02 * h), round(0.97 * w), round(0.92 * h)))  # 10 %, off-centre
+    crop = crop.resize((256, round(256 * crop.height / crop.width)))
+    boxed = ImageOps.pad(
+        Image.open(box_src).convert("RGB"), (256, 256), color=(0, 0, 0)
+    )  # resize_mode border
+    other = Image.open(outsider).convert("RGB").resize((256, 192))
+    samples = [
+        dict(
+            key=f"0000000{i}",
+            uid=f"u{i}",
+            url=f"http://img.test/{i}.jpg",
+            caption=f"c{i}",
+            entry_ids=[i],
+            jpg=jpeg(im, 95),
+        )
+        for i, im in enumerate((crop, boxed, other))
+    ]
+    write_shard(tmp_path / "run", 0, samples)
+    cfg = load_config(
+        None,
+        ["ray.num_cpus=2", f"evalsets=[{{name: photos, kind: folder, path: '{eval_dir.parent}'}}]"],
+        str(tmp_path / "run"),
+    )
+    run = RunDir(cfg.run)
+    run_stage(DedupStage(cfg, run), progress=False)
+    ov = {r["key"]: r for r in pq.read_table(run.path("dedup/overlaps.parquet")).to_pylist()}
+    assert ov["00000000"]["confirmed"] and ov["00000000"]["eval_id"] == f"coco/{crop_src.name}"
+    assert ov["00000000"]["eval_view"].startswith("zoom90")
+    assert ov["00000001"]["confirmed"] and ov["00000001"]["eval_id"] == f"coco/{box_src.name}"
+    assert ov["00000001"]["train_view"] == "trim"
+    assert not ov.get("00000002", {"confirmed": False})["confirmed"]
+    summary = run.read_json("dedup/summary.json")
+    assert summary["eval_sets"]["photos"]["profile"] == "natural"
+    assert summary["removed"] == {"eval_overlap": 2}
