@@ -48,12 +48,24 @@ class StageResult:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def execute_task(stage: Stage, task: Task) -> dict[str, Any]:
-    """Run one task and write its completion marker; returns the marker payload (stats)."""
+class NodeLost(RuntimeError):
+    """The Ray node (raylet) running a task died before the task could commit."""
+
+
+def execute_task(stage: Stage, task: Task, parent: int | None = None) -> dict[str, Any]:
+    """Run one task and write its completion marker; returns the marker payload (stats).
+
+    ``parent``: the pid of the Ray worker's raylet when the task started. If the raylet died meanwhile
+    (the driver was killed, taking the embedded Ray with it) the task does not commit: what it did
+    while its job was going away (e.g. downloads from a server that died with the driver) is redone
+    by the next run instead of being marked done.
+    """
     start = time.perf_counter()
     stats = Stats()
     stage.process(task, stats)
     stats.seconds = time.perf_counter() - start
+    if parent is not None and os.getppid() != parent:
+        raise NodeLost(f"task {task.id}: the Ray node died while it ran; not marking it done")
     payload = {"task": task.id, "stats": stats.to_dict(), "host": os.uname().nodename}
     stage.run.remove(stage.run.failure_path(stage.name, task.id))
     stage.run.mark_done(stage.name, task.id, payload)
@@ -107,7 +119,7 @@ def _running_local_head() -> bool:
 
 
 def _remote_execute(stage: Stage, task: Task) -> dict[str, Any]:
-    return execute_task(stage, task)
+    return execute_task(stage, task, parent=os.getppid())  # a Ray worker's parent is its raylet
 
 
 def _run_inline(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -93,3 +93,21 @@ def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path, make_config
     run_stage(HashLinesStage(make_config(run=url), run, str(inputs)), progress=False)
     assert [rel for rel in left + other if run.exists(rel)] == other
     assert run.glob("lines/*.parquet") == ["lines/part-000.parquet", "lines/part-001.parquet"]
+
+
+def test_a_task_whose_ray_node_died_does_not_commit(tmp_path, make_config):
+    """A Ray worker whose raylet died (its parent changed: the driver was killed with the embedded Ray)
+    finishes its task but writes no completion marker, so the next run redoes it."""
+    import os
+
+    from pipeline.runner import NodeLost, execute_task
+
+    inputs = make_inputs(tmp_path / "in", n_files=1)
+    run = RunDir(str(tmp_path / "run"))
+    stage = HashLinesStage(make_config(run=run.url), run, str(inputs))
+    task = stage.tasks()[0]
+    with pytest.raises(NodeLost):
+        execute_task(stage, task, parent=os.getppid() + 1)  # not this process's parent any more
+    assert not run.is_done("hash_lines", task.id)
+    execute_task(stage, task, parent=os.getppid())
+    assert run.is_done("hash_lines", task.id)
