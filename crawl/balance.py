@@ -79,9 +79,12 @@ def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, p: np.ndarray, seed: int)
         pair = np.arange(len(row)) + np.repeat(offsets[todo] - row_first, todo_lengths)
         entry, uid64 = flat[pair], uid_to_u64(uids.take(pa.array(todo)))
     if len(todo):
-        # per-entry tables (len(p) values) instead of per-pair work: one hash half and one threshold
-        keys = np.take(entry_keys(np.arange(len(p)), seed), entry)
-        hit = pair_draws(uid64[row], keys) < np.take(draw_thresholds(p), entry)
+        if len(entry) < len(p):  # few pairs: hash halves and thresholds per pair
+            keys, thresholds = entry_keys(entry, seed), draw_thresholds(np.take(p, entry))
+        else:  # many: once per entry (len(p) values), then looked up
+            keys = np.take(entry_keys(np.arange(len(p)), seed), entry)
+            thresholds = np.take(draw_thresholds(p), entry)
+        hit = pair_draws(uid64[row], keys) < thresholds
         keep[todo[np.bincount(row[hit], minlength=len(todo)) > 0]] = True
     return keep if n else np.zeros(0, bool)
 
