@@ -252,3 +252,28 @@ def write_eval_artifacts(run: Path) -> None:
         ),
         run / "eval" / "overlap.parquet",
     )
+
+
+@pytest.fixture(scope="session")
+def audited_run(tmp_path_factory, shared_data, ray_local):
+    """One small run through dedup and audit, shared by the audit database and audit page tests.
+
+    Returns (config, RunDir, audit StageResult). Tests must not modify it: copy it first.
+    """
+    from dedup.audit import AuditStage
+    from dedup.stage import DedupStage
+    from pipeline.cli import prepare_run
+    from pipeline.config import load_config
+    from pipeline.rundir import RunDir
+    from pipeline.runner import run_stage
+
+    tmp = tmp_path_factory.mktemp("audit")
+    cfg = load_config(None, ["ray.num_cpus=2", *evalset_specs(shared_data)], str(tmp / "run"))
+    run = RunDir(cfg.run)
+    prepare_run(cfg)
+    build_training_shards(tmp / "run", shared_data)
+    write_upstream_artifacts(tmp / "run")
+    run_stage(DedupStage(cfg, run), progress=False)
+    write_eval_artifacts(tmp / "run")
+    result = run_stage(AuditStage(cfg, run), progress=False)
+    return cfg, run, result

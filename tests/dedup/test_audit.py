@@ -6,36 +6,8 @@ import re
 import shutil
 
 import duckdb
-import pytest
-
-from dedup.audit import AuditStage
-from dedup.stage import DedupStage
-from pipeline.cli import prepare_run
-from pipeline.config import load_config
-from pipeline.rundir import RunDir
-from pipeline.runner import run_stage
-from tests.dedup.conftest import (
-    build_training_shards,
-    evalset_specs,
-    write_eval_artifacts,
-    write_upstream_artifacts,
-)
 
 DOC_QUERIES = re.compile(r"```sql\n(.*?)```", re.S)
-
-
-@pytest.fixture(scope="module")
-def audited_run(tmp_path_factory, shared_data, repo_root, ray_local):
-    tmp = tmp_path_factory.mktemp("audit")
-    cfg = load_config(None, ["ray.num_cpus=2", *evalset_specs(shared_data)], str(tmp / "run"))
-    run = RunDir(cfg.run)
-    prepare_run(cfg)
-    build_training_shards(tmp / "run", shared_data)
-    write_upstream_artifacts(tmp / "run")
-    run_stage(DedupStage(cfg, run), progress=False)
-    write_eval_artifacts(tmp / "run")
-    result = run_stage(AuditStage(cfg, run), progress=False)
-    return cfg, run, result
 
 
 def _queries(repo_root) -> list[str]:

@@ -9,17 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dedup.audit import AuditStage
-from dedup.stage import DedupStage
-from pipeline.cli import prepare_run
-from pipeline.config import load_config
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
-from tests.dedup.conftest import (
-    build_training_shards,
-    evalset_specs,
-    write_eval_artifacts,
-    write_upstream_artifacts,
-)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -44,25 +35,11 @@ def _chromium(args: list[str], profile) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def page_run(tmp_path_factory, shared_data, ray_local):
-    tmp = tmp_path_factory.mktemp("page")
-    cfg = load_config(None, ["ray.num_cpus=2", *evalset_specs(shared_data)], str(tmp / "run"))
-    run = RunDir(cfg.run)
-    prepare_run(cfg)
-    build_training_shards(tmp / "run", shared_data)
-    write_upstream_artifacts(tmp / "run")
-    run_stage(DedupStage(cfg, run), progress=False)
-    write_eval_artifacts(tmp / "run")
-    run_stage(AuditStage(cfg, run), progress=False)
-    return cfg, run, tmp
-
-
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian `chromium` is not installed (apt-get install -y chromium)"
 )
-def test_page_renders_in_chromium_with_pairs_and_plot(page_run, tmp_path):
-    cfg, run, _ = page_run
+def test_page_renders_in_chromium_with_pairs_and_plot(audited_run, tmp_path):
+    cfg, run, _ = audited_run
     ov = pq.read_table(run.path("dedup/overlaps.parquet")).to_pylist()
     # Rejected candidates shown: up to audit.show_rejected per eval set (how many exist depends on the detector).
     rejected = sum(
@@ -87,10 +64,14 @@ def test_page_renders_in_chromium_with_pairs_and_plot(page_run, tmp_path):
     shutil.copy(shot, run.local_path("audit", "screenshot.png"))  # kept beside the page for a look
 
 
-def test_page_without_balance_plot_or_eval_skips_those_sections(page_run, tmp_path):
-    cfg, run, tmp = page_run
-    (tmp / "run" / "balance" / "longtail.png").unlink()
-    shutil.rmtree(tmp / "run" / "eval")
+def test_page_without_balance_plot_or_eval_skips_those_sections(audited_run, tmp_path):
+    cfg, shared_run, _ = audited_run
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run.local_path(), copy)  # the shared run stays as it is
+    run = RunDir(str(copy))
+    cfg = cfg.model_copy(update={"run": str(copy)})
+    (copy / "balance" / "longtail.png").unlink()
+    shutil.rmtree(copy / "eval")
     run_stage(AuditStage(cfg, run), progress=False)
     html = run.local_path("audit/index.html").read_text()
     assert 'id="longtail"' not in html and 'id="overlap-analysis"' not in html
