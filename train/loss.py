@@ -45,8 +45,8 @@ def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
-class ClipLoss(nn.Module):
-    """Symmetric cross-entropy of CLIP over local rows × gathered columns."""
+class _RankAwareLoss(nn.Module):
+    """A loss over this rank's rows; ``rank`` places them among the gathered columns."""
 
     def __init__(self, rank: int = 0, world_size: int = 1):
         super().__init__()
@@ -54,11 +54,22 @@ class ClipLoss(nn.Module):
 
     def forward(
         self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
+        image_features: torch.Tensor,  # [n_local, d], normalised
+        text_features: torch.Tensor,  # [n_local, d], normalised
+        logit_scale: torch.Tensor,  # [] (already exp'd)
+        logit_bias: torch.Tensor | None = None,  # [] (SigLIP only)
     ) -> torch.Tensor:
+        """The loss of this rank's rows; the mean over ranks is the loss of the whole batch."""
+        return self.local_loss(image_features, text_features, logit_scale, logit_bias)
+
+    def local_loss(self, image_features, text_features, logit_scale, logit_bias) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClipLoss(_RankAwareLoss):
+    """Symmetric cross-entropy of CLIP over local rows × gathered columns."""
+
+    def local_loss(self, image_features, text_features, logit_scale, logit_bias) -> torch.Tensor:
         n = image_features.shape[0]
         all_image = gather_features(image_features, self.world_size)
         all_text = gather_features(text_features, self.world_size)
@@ -69,23 +80,13 @@ class ClipLoss(nn.Module):
         return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(_RankAwareLoss):
     """Sigmoid loss (Zhai et al. 2023): every pair an independent binary decision, ``-Σ log σ(z·logit)/n``.
 
     Local images against gathered texts; the mean over ranks equals the single-process loss.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1):
-        super().__init__()
-        self.rank, self.world_size = rank, world_size
-
-    def forward(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def local_loss(self, image_features, text_features, logit_scale, logit_bias) -> torch.Tensor:
         n = image_features.shape[0]
         all_text = gather_features(text_features, self.world_size)
         logits = logit_scale.float() * image_features.float() @ all_text.float().T
