@@ -2,10 +2,15 @@
 
     python benchmarks/train.py --model tiny-vit --batch 64 --steps 20            # CPU (DS_ACCELERATOR=cpu)
     python benchmarks/train.py --model ViT-B-16 --batch 512 --steps 30 --data both --compile   # GPU
+    ... --compile --sync-debug 5 --profile prof/     # GPU: host syncs per step, graph breaks, traces
 
 Prints one JSON line per measurement: samples/s (per process), ms/step, peak memory, and on a GPU
 the model FLOPs per sample (counted with torch.utils.flop_counter on forward + backward) and the
-model-FLOPs utilisation against a bf16 matmul peak measured in the same run.
+model-FLOPs utilisation against a bf16 matmul peak measured in the same run. The DeepSpeed step is the
+trainer's own (``accumulate_step``, the master-weight clamp, ``MetricsLog``) on an engine built from the
+resolved config as ``train.trainer.train`` builds it. ``--compile`` adds dynamo's graph-break and graph
+counts; ``--sync-debug N`` (GPU) the implicit host syncs per step torch flags; ``--profile DIR`` a
+torch.profiler trace and op table of 3 steps per loop.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from train.dsutil import adamw
 from train.loss import ClipLoss
 from train.model import build_model, scalars_as_vectors
 
@@ -128,11 +134,56 @@ def time_loop(step, batches, steps: int, warmup: int, device: torch.device) -> f
     return (time.perf_counter() - t) / steps
 
 
+def count_host_syncs(step, batches, steps: int) -> float:
+    """Implicit device->host syncs per step that ``torch.cuda.set_sync_debug_mode`` flags (``.item()``,
+    ``float(t)``, ``.tolist()``, blocking copies; explicit ``torch.cuda.synchronize()`` is not flagged)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step(*next(batches))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
+def profile_steps(step, batches, steps: int, out: Path, name: str, device: torch.device) -> None:
+    """torch.profiler over ``steps`` steps: ``<out>/<name>.json`` (Chrome trace) and ``<name>.txt`` (ops
+    by self time, with call counts: what the DeepSpeed step adds over the bare loop)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    out.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(*next(batches))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(str(out / f"{name}.json"))
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+
+
+def dynamo_counts() -> dict[str, int]:
+    """Graph breaks and compiled graphs so far (0 without --compile)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "unique_graphs": int(counters["stats"]["unique_graphs"]),
+    }
+
+
 def bare_step_fn(model_name: str, vocab: int, device: torch.device, bf16: bool, compile_: bool):
     """Plain PyTorch: fp32 weights, bf16 autocast on GPU, fused AdamW, grad clipping."""
     torch.manual_seed(0)
     model = build_model(model_name, vocab_size=vocab).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = adamw(model.parameters(), lr=1e-4)  # fused where torch has the kernel, as the trainer
     fwd = torch.compile(model) if compile_ else model
     loss_fn = ClipLoss()
 
@@ -148,14 +199,47 @@ def bare_step_fn(model_name: str, vocab: int, device: torch.device, bf16: bool, 
     return step
 
 
-def ds_step_fn(model_name: str, vocab: int, device: torch.device, batch: int, ds_json: str, compile_: bool):
-    """webclip's trainer step: DeepSpeed engine, param groups, clamp, gathered loss."""
+def apply_ds_sets(cfg: dict, sets: list[str]) -> None:
+    """``--ds-set a.b=VALUE`` (VALUE as JSON, else a string) into the resolved DeepSpeed config."""
+    for item in sets:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = cfg
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+
+
+def ds_step_fn(
+    model_name: str,
+    vocab: int,
+    device: torch.device,
+    batch: int,
+    ds_json: str,
+    compile_: bool,
+    ds_sets: list[str] | None = None,
+):
+    """webclip's trainer step as ``train.trainer.train`` runs it: DeepSpeed engine from the resolved
+    config (throughput timer off, no per-step engine monitor), param groups, gathered loss, master-weight
+    clamp, and the per-step metrics kept on the device and read every 10 steps (``MetricsLog``)."""
     import deepspeed
 
     from train.config import TrainConfig
-    from train.dsutil import clamp_logit_scale, param_groups, resolve_ds_config
-    from train.trainer import accumulate_step
+    from train.dsutil import (
+        adamw,
+        clamp_logit_scale,
+        engine_config,
+        param_groups,
+        resolve_ds_config,
+        skip_cpu_shm_comm_build,
+    )
+    from train.trainer import MetricsLog, accumulate_step
 
+    skip_cpu_shm_comm_build()
     if not torch.distributed.is_initialized():
         if "RANK" not in os.environ:
             with socket.socket() as s:
@@ -170,17 +254,30 @@ def ds_step_fn(model_name: str, vocab: int, device: torch.device, batch: int, ds
     torch.manual_seed(0)
     model = scalars_as_vectors(build_model(model_name, vocab_size=vocab))
     tc = TrainConfig(batch_size=batch, model=model_name)
-    cfg = resolve_ds_config(ds_json, tc, tempfile.mkdtemp())
-    cfg["tensorboard"]["enabled"] = cfg["csv_monitor"]["enabled"] = False
-    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4, fused=device.type == "cuda")
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    log_dir = Path(tempfile.mkdtemp())
+    cfg = resolve_ds_config(ds_json, tc, str(log_dir))
+    apply_ds_sets(cfg, ds_sets or [])
+    opt = adamw(param_groups(model, 0.2), lr=1e-4)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=engine_config(cfg))
     if compile_:
         engine.compile()
-    loss_fn = ClipLoss(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    loss_fn = ClipLoss(rank, world)
+
+    class _NoMonitor:
+        def write_events(self, events):
+            pass
+
+    metrics = MetricsLog(rank, world, batch, log_dir / "metrics.jsonl", _NoMonitor(), 10**9)
+    state = {"step": 0}
 
     def step(images, tokens):
-        accumulate_step(engine, loss_fn, [(images, tokens)])
+        loss, scale = accumulate_step(engine, loss_fn, [(images, tokens)])
         clamp_logit_scale(engine, 4.6052)
+        state["step"] += 1
+        metrics.add(state["step"], loss, scale, engine.get_lr()[0])
+        if state["step"] % 10 == 0:
+            metrics.flush()
 
     return step
 
@@ -200,6 +297,24 @@ def main() -> None:
     ap.add_argument("--make-shards", type=int, default=20000, help="samples to write when --shards is empty")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument(
+        "--sync-debug",
+        type=int,
+        default=0,
+        metavar="N",
+        help="GPU: count flagged host syncs over N more steps",
+    )
+    ap.add_argument(
+        "--profile", type=Path, default=None, metavar="DIR", help="torch.profiler traces of 3 steps"
+    )
+    ap.add_argument(
+        "--ds-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the resolved DeepSpeed config, e.g. bf16.check_grad_overflow=false, "
+        "timers.throughput.enabled=true, zero_optimization.reduce_bucket_size=5e8",
+    )
     args = ap.parse_args()
 
     vocab = 49408
@@ -218,6 +333,8 @@ def main() -> None:
         "train_gflops_per_sample": round(flops / 1e9, 2),
         "bf16_matmul_peak_tflops": round(peak, 1) if peak else None,
         "compile": args.compile,
+        "deepspeed_config": Path(args.deepspeed_config).name,
+        "ds_set": args.ds_set,
     }
     print(json.dumps(base), flush=True)
 
@@ -228,7 +345,9 @@ def main() -> None:
         if mode == "bare":
             step = bare_step_fn(args.model, vocab, device, gpu, args.compile)
         else:
-            step = ds_step_fn(args.model, vocab, device, args.batch, args.deepspeed_config, args.compile)
+            step = ds_step_fn(
+                args.model, vocab, device, args.batch, args.deepspeed_config, args.compile, args.ds_set
+            )
         for src in sources:
             if src == "synthetic":
                 batches = synthetic_batches(args.batch, size, vocab, device)
@@ -251,6 +370,12 @@ def main() -> None:
             if gpu:
                 row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
                 row["mfu"] = round(sps * flops / (peak * 1e12), 3)
+                if args.sync_debug:
+                    row["host_syncs_per_step"] = count_host_syncs(step, batches, args.sync_debug)
+            if args.compile:
+                row.update(dynamo_counts())
+            if args.profile is not None:
+                profile_steps(step, batches, 3, args.profile, f"{mode}-{src}", device)
             results.append(row)
             print(json.dumps({**base, **row}), flush=True)
         del step

@@ -34,7 +34,13 @@ class TrainConfig(Section):
         32, ge=1, description="micro-batch per process (DeepSpeed train_micro_batch_size_per_gpu)"
     )
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
-    workers: int = Field(1, ge=0, le=64, description="loader worker processes per training process")
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="loader worker processes per training process; None: the cores per local process "
+        "minus one, 1 to 16 (train.trainer.loader_workers)",
+    )
     shuffle_buffer: int = Field(1000, ge=0, description="sample shuffle buffer (0: off)")
     resampled: bool = Field(
         False, description="draw shards with replacement forever (any shard count per rank)"
@@ -69,14 +75,23 @@ class TrainConfig(Section):
     hostfile: str | None = Field(
         None, description="DeepSpeed hostfile for multi-node runs (launcher=deepspeed)"
     )
-    compile: bool = Field(False, description="torch.compile the model (GPU)")
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the model through engine.compile(); None: on for CUDA with ZeRO 0-2, "
+        "off on CPU and under ZeRO-3",
+    )
     # checkpoints and logging
     checkpoint_every: int = Field(
         50, ge=0, description="save a checkpoint every N steps (0: only at the end)"
     )
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     resume: bool = Field(True, description="resume from the latest checkpoint in <run>/train/checkpoints")
-    log_every: int = Field(10, ge=1, description="console/monitor logging interval in steps")
+    log_every: int = Field(
+        10,
+        ge=1,
+        description="console/monitor logging interval in steps; loss and logit scale stay on the device "
+        "until then (one host sync per interval; metrics.jsonl still gets a row per step)",
+    )
     eval_every: int = Field(
         0, ge=0, description="zero-shot eval on the run's evalsets every N steps (0: off)"
     )

@@ -24,12 +24,16 @@ from pipeline.rundir import RunDir
 from train.config import TrainConfig
 from train.data import DataPosition, ShardBatches, list_shards, make_loader
 from train.dsutil import (
+    adamw,
     clamp_logit_scale,
     cosine_with_warmup,
+    engine_config,
     full_fp32_state_dict,
+    make_monitor,
     param_groups,
     precision_of,
     resolve_ds_config,
+    skip_cpu_shm_comm_build,
 )
 from train.export import write_export
 from train.loss import make_loss
@@ -103,6 +107,100 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def loader_workers(tc: TrainConfig) -> int:
+    """``train.workers``, or when None the cores this process may use divided among the node's training
+    processes, minus one for the training loop itself: at least 1, at most 16."""
+    if tc.workers is not None:
+        return tc.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    return max(1, min(16, cores // max(1, local) - 1))
+
+
+def compile_enabled(tc: TrainConfig, device: torch.device, zero_stage: int) -> bool:
+    """``train.compile``, or when None: on for CUDA with ZeRO 0-2 (what the bare-loop reference runs
+    compiled), off on CPU (inductor's CPU compile costs minutes) and under ZeRO-3 (parameter hooks)."""
+    if tc.compile is not None:
+        return tc.compile
+    return device.type == "cuda" and zero_stage < 3
+
+
+class MetricsLog:
+    """Per-step loss and logit scale, kept on the device and read once per ``log_every`` steps.
+
+    ``float(loss)`` on a GPU waits for the step's kernels to finish, so the host could not queue the
+    next step or fetch its batch meanwhile. Here each step only appends device tensors; :meth:`flush`
+    (at every ``log_every``-th step, before a checkpoint, at a stop and at the end, on every rank at
+    the same steps) all-reduces the interval's losses in one collective, copies them to the host in
+    one sync, and writes one ``metrics.jsonl`` row per step (rank 0). ``samples_per_s`` of a row is the
+    average over its interval.
+    """
+
+    def __init__(
+        self, rank: int, world: int, samples_per_step: int, path: Path, monitor: Any, total_steps: int
+    ):
+        self.rank, self.world = rank, world
+        self.samples_per_step = samples_per_step
+        self.monitor = monitor
+        self.total_steps = total_steps
+        self.file = path.open("a") if rank == 0 else None
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+        self.t_last = time.perf_counter()
+        self.last_loss = float("nan")
+
+    def add(self, step: int, loss: torch.Tensor, scale: torch.Tensor, lr: float) -> None:
+        self.pending.append((step, loss.detach().float().reshape(()), scale.detach().float().reshape(()), lr))
+
+    def flush(self, counts: dict[str, int] | None = None, console: bool = False) -> None:
+        """Write the pending rows; ``console``: also the monitor events and the console line."""
+        if not self.pending:
+            return
+        losses = torch.stack([loss for _, loss, _, _ in self.pending])
+        if self.world > 1:
+            dist.all_reduce(losses)
+            losses /= self.world
+        scales = torch.stack([scale for _, _, scale, _ in self.pending])
+        loss_values, scale_values = torch.stack([losses, scales]).tolist()  # the one host sync
+        now = time.perf_counter()
+        sps = self.samples_per_step * len(self.pending) / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        self.last_loss = loss_values[-1]
+        if self.rank == 0:
+            assert self.file is not None
+            for (step, _, _, lr), loss, scale in zip(self.pending, loss_values, scale_values, strict=True):
+                row = {
+                    "step": step,
+                    "loss": loss,
+                    "lr": lr,
+                    "logit_scale": scale,
+                    "samples_per_s": sps,
+                    "samples": step * self.samples_per_step,
+                }
+                self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+            if console:
+                step, _, _, lr = self.pending[-1]
+                scale = scale_values[-1]
+                self.monitor.write_events(
+                    [
+                        ("train/loss", self.last_loss, step),
+                        ("train/lr", lr, step),
+                        ("train/logit_scale", scale, step),
+                        ("train/samples_per_s", sps, step),
+                    ]
+                )
+                log0(
+                    self.rank,
+                    f"step {step}/{self.total_steps} loss {self.last_loss:.4f} lr {lr:.2e} scale {scale:.2f} "
+                    f"{sps:.1f} samples/s data {counts or {}}",
+                )
+        self.pending = []
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def _eval_hook(rank: int) -> Any:
     """``eval.during_training.zero_shot_metrics`` or None when the eval package lacks it."""
     try:
@@ -122,6 +220,7 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
 
     tc = cfg.train
     accel = get_accelerator()
+    skip_cpu_shm_comm_build()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -155,27 +254,25 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     image_size = model.config.image_size
 
     ds_cfg = resolve_ds_config(ds_config_path or tc.deepspeed_config, tc, str(out_dir / "logs"))
-    optimizer = torch.optim.AdamW(
-        param_groups(model, tc.weight_decay),
-        lr=tc.lr,
-        betas=(tc.beta1, tc.beta2),
-        eps=tc.eps,
-        fused=device.type == "cuda",
-    )
+    optimizer = adamw(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, tc.steps, tc.warmup, tc.lr, tc.min_lr)
     )
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=engine_config(ds_cfg)
     )
-    if tc.compile:
-        engine.compile()  # torch.compile through DeepSpeed (keeps ZeRO hooks working)
+    monitor = make_monitor(ds_cfg)
     loss_fn = make_loss(tc.loss, rank, world)
     zero_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
+    compiled = compile_enabled(tc, device, zero_stage)
+    if compiled:
+        engine.compile()  # torch.compile of the module inside the engine (keeps ZeRO hooks working)
+    workers = loader_workers(tc)
     log0(
         rank,
         f"{tc.model} on {world} x {device.type}, ZeRO-{zero_stage}, {precision_of(ds_cfg)}, "
-        f"batch {tc.batch_size} x accum {tc.grad_accum} x {world} = {tc.batch_size * tc.grad_accum * world}",
+        f"batch {tc.batch_size} x accum {tc.grad_accum} x {world} = {tc.batch_size * tc.grad_accum * world}, "
+        f"{'compiled' if compiled else 'eager'}, {workers} loader workers",
     )
     if rank == 0:
         (out_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2) + "\n")
@@ -196,7 +293,7 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         else:
             log0(rank, f"checkpoint has data positions for {len(states)} ranks, now {world}: data restarts")
         log0(rank, f"resumed from {ckpt_dir / str(_latest_tag(ckpt_dir))} at step {step}")
-    position = DataPosition(tc.workers, data_state)
+    position = DataPosition(workers, data_state)
     dataset = ShardBatches(
         urls,
         tokenizer,
@@ -210,15 +307,14 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         start=position.workers,
         worker_offset=position.worker_offset,
     )
-    batches = iter(make_loader(dataset, tc.workers, pin_memory=device.type == "cuda"))
+    batches = iter(make_loader(dataset, workers, pin_memory=device.type == "cuda"))
 
     eval_hook = _eval_hook(rank) if (tc.eval_every and cfg.evalsets) else None
-    metrics_file = (out_dir / "metrics.jsonl").open("a") if rank == 0 else None
     samples_per_step = tc.batch_size * tc.grad_accum * world
-    last_loss = float("nan")
-    t_last, steps_since = time.perf_counter(), 0
+    metrics = MetricsLog(rank, world, samples_per_step, out_dir / "metrics.jsonl", monitor, tc.steps)
 
     def save(tag_step: int) -> None:
+        metrics.flush(dict(position.counts))
         states: list[Any] = [None] * world
         dist.all_gather_object(states, position.state())
         engine.save_checkpoint(
@@ -233,63 +329,34 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         for *_, meta in micro:
             position.update(meta)
         micro = [(i.to(device, non_blocking=True), t.to(device, non_blocking=True)) for i, t, _ in micro]
-        loss_mean, scale = accumulate_step(engine, loss_fn, micro)
+        loss, scale = accumulate_step(engine, loss_fn, micro)
         step += 1
         clamp_logit_scale(engine, math.log(tc.max_logit_scale))
-        steps_since += 1
-
-        if world > 1:
-            dist.all_reduce(loss_mean)
-            loss_mean /= world
-        last_loss = float(loss_mean)
-        if rank == 0:
-            lr = engine.get_lr()[0]
-            scale_now = float(scale.detach().float())
-            now = time.perf_counter()
-            sps = samples_per_step * steps_since / max(now - t_last, 1e-9)
-            row = {
-                "step": step,
-                "loss": last_loss,
-                "lr": lr,
-                "logit_scale": scale_now,
-                "samples_per_s": sps,
-                "samples": step * samples_per_step,
-            }
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            if step % tc.log_every == 0 or step == tc.steps:
-                engine.monitor.write_events(
-                    [
-                        ("train/loss", last_loss, step),
-                        ("train/lr", lr, step),
-                        ("train/logit_scale", scale_now, step),
-                        ("train/samples_per_s", sps, step),
-                    ]
-                )
-                log0(
-                    rank,
-                    f"step {step}/{tc.steps} loss {last_loss:.4f} lr {lr:.2e} scale {scale_now:.2f} "
-                    f"{sps:.1f} samples/s data {dict(position.counts)}",
-                )
-                t_last, steps_since = now, 0
+        metrics.add(step, loss, scale, engine.get_lr()[0])
+        if step % tc.log_every == 0 or step == tc.steps:
+            metrics.flush(dict(position.counts), console=True)
 
         if eval_hook is not None and step % tc.eval_every == 0:
-            run_eval(engine, eval_hook, tokenizer, image_size, cfg, device, step, rank, zero_stage)
+            metrics.flush(dict(position.counts))
+            run_eval(engine, monitor, eval_hook, tokenizer, image_size, cfg, device, step, rank, zero_stage)
         if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
             save(step)
         if tc.stop_after is not None and step >= tc.stop_after:
+            metrics.flush(dict(position.counts))
+            metrics.close()
             log0(rank, f"stopping after step {step} (train.stop_after)")
-            return {"step": step, "loss": last_loss, "stopped": True}
+            return {"step": step, "loss": metrics.last_loss, "stopped": True}
 
     save(step)
     sd = full_fp32_state_dict(engine)
     counts = _sum_counts(position.counts, world)
+    last_loss = metrics.last_loss
+    metrics.close()
     if rank == 0:
         spec = json.loads((out_dir / "model.json").read_text())
         write_export(out_dir / "export", sd, spec, tokenizer)
         (out_dir / "data_stats.json").write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
         log0(rank, f"done: {step} steps, loss {last_loss:.4f}; export in {out_dir / 'export'}")
-        metrics_file.close()
     dist.barrier()
     return {"step": step, "loss": last_loss, "data": counts}
 
@@ -347,6 +414,7 @@ def _sum_counts(counts: dict[str, int], world: int) -> dict[str, int]:
 
 def run_eval(
     engine: Any,
+    monitor: Any,
     hook: Any,
     tokenizer: Tokenizer,
     image_size: int,
@@ -377,6 +445,6 @@ def run_eval(
                     module, tokenizer, eval_transform(image_size), cfg.evalsets, device, cfg.train.eval_limit
                 )
             module.train()
-            engine.monitor.write_events([(f"eval/{k}", float(v), step) for k, v in metrics.items()])
+            monitor.write_events([(f"eval/{k}", float(v), step) for k, v in metrics.items()])
             log0(rank, f"step {step} zero-shot: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         dist.barrier()

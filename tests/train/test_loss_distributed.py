@@ -38,13 +38,14 @@ def _grads(kind: str, images, tokens, rank: int, world: int) -> tuple[float, dic
     return float(loss), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, out: dict) -> None:
+def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     images, tokens = _batch()
     sl = slice(rank * B_PER_RANK, (rank + 1) * B_PER_RANK)
+    results = {}
     for kind in ("clip", "siglip"):
         loss, grads = _grads(kind, images[sl], tokens[sl], rank, world)
         # data parallel: average the losses and gradients over ranks (what DeepSpeed's allreduce does)
@@ -53,20 +54,20 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         for g in grads.values():
             dist.all_reduce(g)
             g /= world
-        if rank == 0:
-            out[kind] = (float(t) / world, grads)
+        results[kind] = (float(t) / world, grads)
+    if rank == 0:
+        torch.save(results, out)
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def two_rank_results():
+def two_rank_results(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    manager = mp.get_context("spawn").Manager()
-    out = manager.dict()
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
-    return dict(out)
+    out = tmp_path_factory.mktemp("two_rank") / "rank0.pt"
+    mp.spawn(_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    return torch.load(out)
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
