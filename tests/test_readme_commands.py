@@ -56,7 +56,7 @@ TESTS = {
         '[RAY, "get-auth-token", "--generate"]'),
     "DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train/main.py --deepspeed_config "
     "infra/deepspeed/zero2_fp32.json --config run.yaml": (
-        "tests/train/test_trainer.py::test_two_process_deepspeed_run_loss_decreases",
+        "tests/train/test_trainer.py::test_two_process_deepspeed_run_loss_decreases_and_scale_clamped",
         '"deepspeed.launcher.runner"'),  # what the `deepspeed` script runs
     "webclip eval --config run.yaml": (
         "tests/eval/test_trained_model.py::test_python_m_eval_command_line",
