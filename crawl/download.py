@@ -31,6 +31,7 @@ import tarfile
 import tempfile
 import types
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -142,8 +143,11 @@ class DownloadStage(Stage):
         for attempt in range(attempts):
             tmp_rel = f"{self.run.SHARDS}/.tmp-{task.id}-{uuid.uuid4().hex[:8]}"
             try:
-                fetcher = self._download(task, tmp_rel)
-                self._publish(task, tmp_rel, fetcher, stats)
+                # img2dataset writes on the worker's own disk; only the finished, sorted shard goes
+                # to the run (which may be a bucket), once
+                with tempfile.TemporaryDirectory(prefix="webclip-shard-") as local_dir:
+                    fetcher = self._download(task, local_dir)
+                    self._publish(task, local_dir, tmp_rel, fetcher, stats)
                 return
             except Exception:
                 if attempt == attempts - 1:
@@ -152,7 +156,8 @@ class DownloadStage(Stage):
                 with contextlib.suppress(Exception):
                     self.run.remove(tmp_rel, recursive=True)
 
-    def _download(self, task: Task, tmp_rel: str) -> SafeFetcher:
+    def _download(self, task: Task, out_dir: str) -> SafeFetcher:
+        """img2dataset's reader, downloader, resizer and writer for one shard, into local ``out_dir``."""
         from img2dataset.reader import Reader
         from img2dataset.resizer import Resizer
         from img2dataset.writer import WebDatasetSampleWriter
@@ -161,7 +166,6 @@ class DownloadStage(Stage):
         p = task.payload
         first, count, index = p["first"], p["count"], p["index"]
         shard_id = first + index
-        self.run.makedirs(tmp_rel)
         with tempfile.TemporaryDirectory(prefix="webclip-dl-") as arrow_tmp:
             reader = Reader(
                 url_list=self.run.full_url(p["part"]),
@@ -200,7 +204,7 @@ class DownloadStage(Stage):
                 thread_count=cfg.thread_count,
                 save_caption=True,
                 extract_exif=False,
-                output_folder=self.run.full_url(tmp_rel),
+                output_folder=out_dir,
                 column_list=reader.column_list,
                 timeout=cfg.timeout,
                 number_sample_per_shard=cfg.samples_per_shard,
@@ -222,9 +226,11 @@ class DownloadStage(Stage):
         table = self.run.read_parquet(p["part"], columns=["uid", "url", "text", "entry_ids"])
         return table.slice(p["index"] * size, size)
 
-    def _publish(self, task: Task, tmp_rel: str, fetcher: SafeFetcher, stats: Stats) -> None:
+    def _publish(self, task: Task, local_dir: str, tmp_rel: str, fetcher: SafeFetcher, stats: Stats) -> None:
+        """Check the local shard, then place tar, stats and (last) parquet in ``shards/``."""
         name = task.id
-        table = self.run.read_parquet(f"{tmp_rel}/{name}.parquet")
+        local = Path(local_dir)
+        table = pq.read_table(local / f"{name}.parquet")
         table = self._fill_missing(task, table)
         table = table.sort_by("key")
         reasons = [
@@ -236,10 +242,15 @@ class DownloadStage(Stage):
         table = table.append_column("reason", pa.array(reasons, pa.string()))
         # img2dataset writes samples as their downloads finish; in key order the tar is the same on
         # every run, and so are the clean shards dedup copies from it and the order training reads
-        _sort_tar(self.run, f"{tmp_rel}/{name}.tar", f"{tmp_rel}/{name}.sorted.tar")
+        self.run.makedirs(tmp_rel)
+        with self.run.fs.open(self.run.path(tmp_rel, f"{name}.tar"), "wb") as out:
+            _write_sorted_tar(local / f"{name}.tar", out)
+        self.run.fs.put_file(str(local / f"{name}_stats.json"), self.run.path(tmp_rel, f"{name}_stats.json"))
         # tar and stats first, parquet last: the parquet is what readers list shards by
-        for src, suffix in ((f"{name}.sorted.tar", ".tar"), (f"{name}_stats.json", "_stats.json")):
-            self.run.fs.mv(self.run.path(tmp_rel, src), self.run.path(self.run.SHARDS, name + suffix))
+        for suffix in (".tar", "_stats.json"):
+            self.run.fs.mv(
+                self.run.path(tmp_rel, name + suffix), self.run.path(self.run.SHARDS, name + suffix)
+            )
         self.run.write_parquet(f"{self.run.SHARDS}/{name}.parquet", table)
 
         stats.inc("in", table.num_rows)
@@ -297,14 +308,13 @@ class DownloadStage(Stage):
         return f"{ok:,}/{n:,} images downloaded ({mb:,.1f} MB in shards); failed: {reasons or 'none'}"
 
 
-def _sort_tar(run: Any, src: str, dst: str) -> None:
-    """Copy the tar ``src`` to ``dst`` with its members in name order (``<key>.<ext>``: by key, then
-    extension, the order webdataset writes one sample's members in); headers are kept as they are."""
-    with run.fs.open(run.path(src), "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tin:
+def _write_sorted_tar(src: Path, out: Any) -> None:
+    """Write the local tar ``src`` to the open binary file ``out`` with its members in name order
+    (``<key>.<ext>``: by key, then extension, the order webdataset writes one sample's members in);
+    headers are kept as they are."""
+    with tarfile.open(src, mode="r:") as tin:
         members = sorted((m for m in tin.getmembers() if m.isfile()), key=lambda m: m.name)
-        with run.fs.open(run.path(dst), "wb") as out, tarfile.open(
-            fileobj=out, mode="w", format=tin.format
-        ) as tout:
+        with tarfile.open(fileobj=out, mode="w", format=tin.format) as tout:
             for m in members:
                 tout.addfile(m, tin.extractfile(m))
 
