@@ -147,13 +147,18 @@ def _pyahocorasick_worker(cpu: int, entries: list[str], captions: list[str], q) 
         for _end, (entry_id, _value) in automaton.iter(spacing(text)):
             ids.add(entry_id)
         matches += len(ids)
+    _report_loop(q, build, t0, len(captions), matches)
+
+
+def _report_loop(q, build_s: float, t0: float, rows: int, matches: int) -> None:
+    """Send a bare reference loop's figures (timed from ``t0``) back to the parent process."""
     wall, cpu_s = _since(t0)
     q.put(
         {
-            "build_s": build,
+            "build_s": build_s,
             "match_s": wall,
             "cpu_s": cpu_s,
-            "rows": len(captions),
+            "rows": rows,
             "matches": matches,
             "peak_mb": _peak_mb(),
         }
@@ -173,17 +178,7 @@ def _ahocorasick_rs_worker(cpu: int, entries: list[str], captions: list[str], q)
     matches = 0
     for text in captions:  # the same loop with the Rust automaton; overlapping, so none is hidden
         matches += len({p for p, _, _ in automaton.find_matches_as_indexes(spacing(text), overlapping=True)})
-    wall, cpu_s = _since(t0)
-    q.put(
-        {
-            "build_s": build,
-            "match_s": wall,
-            "cpu_s": cpu_s,
-            "rows": len(captions),
-            "matches": matches,
-            "peak_mb": _peak_mb(),
-        }
-    )
+    _report_loop(q, build, t0, len(captions), matches)
 
 
 def _balance_worker(cpu: int, run_url: str, q) -> None:
