@@ -109,6 +109,7 @@ class BalanceStage(Stage):
     """Samples matched rows so each entry keeps about min(count, t) pairs, deterministically."""
 
     name = "balance"
+    outputs = ("curated", "balance")
 
     def check(self) -> None:
         if not self.run.exists(self.run.MATCH_COUNTS):

@@ -96,6 +96,7 @@ class DownloadStage(Stage):
     """Downloads the curated list with img2dataset into WebDataset shards, one task per shard."""
 
     name = "download"
+    outputs = ("shards",)
 
     # ----------------------------------------------------------------- planning
     def check(self) -> None:

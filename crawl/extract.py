@@ -28,6 +28,7 @@ class ExtractStage(Stage):
     """Extracts candidate pairs from crawls and tabular pools into the pool."""
 
     name = "extract"
+    outputs = ("pool",)
 
     def validate(self) -> None:
         if not self.config.extract.inputs:

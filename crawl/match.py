@@ -35,6 +35,7 @@ class MatchStage(Stage):
     """Matches every pool row against the vocabulary (MetaCLIP semantics) and counts per entry."""
 
     name = "match"
+    outputs = ("match",)
 
     def entries_url(self) -> str:
         """The vocabulary this stage matches: ``match.entries`` or the vocab stage's output."""

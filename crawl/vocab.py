@@ -35,6 +35,7 @@ class VocabStage(Stage):
     """Builds the query vocabulary from WordNet, Wikipedia counts and titles, and user lists."""
 
     name = "vocab"
+    outputs = ("vocab",)
 
     # ------------------------------------------------------------------ planning
     def _needs_wiki(self) -> bool:

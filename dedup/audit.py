@@ -22,6 +22,7 @@ class AuditStage(Stage):
     """Materialise every artifact of the run into a DuckDB file and render the static audit page."""
 
     name = "audit"
+    outputs = ("audit", "audit.duckdb")
     in_driver = True
     # Re-auditing is cheap and later stages (eval) add tables: always rebuild.
     resumable = False

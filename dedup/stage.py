@@ -46,6 +46,7 @@ class DedupStage(Stage):
     """Perceptual-hash deduplication of the downloaded shards against the evaluation sets."""
 
     name = "dedup"
+    outputs = ("hashes", "evalsets", "dedup", "clean")
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:

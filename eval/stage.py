@@ -94,6 +94,7 @@ class EvalStage(Stage):
     """Zero-shot classification, retrieval, linear probes and the All/Overlap/Clean analysis."""
 
     name = "eval"
+    outputs = ("eval",)
     in_driver: ClassVar[bool] = True
     progress: bool = True
 

@@ -28,21 +28,6 @@ def _is_tmp(path: str) -> bool:
     return posixpath.basename(path).startswith(TMP_PREFIX)
 
 
-#: Where each stage writes, relative to the run (DESIGN.md "The run directory"). Before a stage runs,
-#: the runner removes the temporaries (``.tmp-…``) that a killed run of it left there.
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "vocab": ("vocab",),
-    "extract": ("pool",),
-    "match": ("match",),
-    "balance": ("curated", "balance"),
-    "download": ("shards",),
-    "dedup": ("hashes", "evalsets", "dedup", "clean"),
-    "train": ("train",),
-    "eval": ("eval",),
-    "audit": ("audit", "audit.duckdb"),
-}
-
-
 class RunDir:
     """A run directory at ``url`` (local path, ``memory://…``, ``s3://…``, ``gs://…``)."""
 

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.errors import StageFailed
-from pipeline.rundir import STAGE_OUTPUTS, RunDir
+from pipeline.rundir import RunDir
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
@@ -188,7 +188,7 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
 
     wall = time.perf_counter()
     stale = run.remove_temporaries(
-        *(stage.outputs if stage.outputs is not None else STAGE_OUTPUTS.get(name, ())),
+        *stage.outputs,
         f"_done/{name}", f"_failed/{name}", run.stats_path(name),
     )
     if stale:

@@ -34,9 +34,9 @@ class Stage:
     #: Run tasks in the driver process instead of Ray workers: for a stage whose one task launches
     #: its own distributed program (train runs `deepspeed`) or needs the driver's terminal.
     in_driver: ClassVar[bool] = False
-    #: Run-relative folders and files the stage writes (None: ``pipeline.rundir.STAGE_OUTPUTS[name]``);
-    #: the runner removes temporaries a killed run left there before the stage runs again.
-    outputs: ClassVar[tuple[str, ...] | None] = None
+    #: Run-relative folders and files the stage writes; the runner removes temporaries a killed run
+    #: left there before the stage runs again.
+    outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: WebclipConfig, run: RunDir):
         self.config = config

@@ -41,6 +41,7 @@ class TrainStage(Stage):
     """One task: run the distributed trainer with the configured launcher; resumable from checkpoints."""
 
     name = "train"
+    outputs = ("train",)
     in_driver = True
 
     def validate(self) -> None:

@@ -111,3 +111,15 @@ def test_a_task_whose_ray_node_died_does_not_commit(tmp_path, make_config):
     assert not run.is_done("hash_lines", task.id)
     execute_task(stage, task, parent=os.getppid())
     assert run.is_done("hash_lines", task.id)
+
+
+def test_every_pipeline_stage_declares_where_it_writes():
+    """The runner sweeps a killed run's temporaries only from a stage's declared ``outputs``."""
+    import importlib
+
+    from pipeline.cli import STAGES
+
+    for name, target in STAGES.items():
+        module, cls = target.split(":")
+        stage = getattr(importlib.import_module(module), cls)
+        assert stage.name == name and stage.outputs, f"{target} declares no outputs"
