@@ -33,6 +33,7 @@ import torch
 from train.dsutil import adamw
 from train.loss import ClipLoss
 from train.model import build_model, scalars_as_vectors
+from train.transforms import normalize_images
 
 
 def peak_rss_mb() -> float:
@@ -68,13 +69,14 @@ def train_flops_per_sample(model_name: str, vocab: int) -> float:
 
 
 def synthetic_batches(batch: int, size: int, vocab: int, device: torch.device):
+    """One fixed batch on the device, normalised every step as the trainer normalises loader batches."""
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    pixels = torch.randint(0, 256, (batch, size, size, 3), generator=g, dtype=torch.uint8).to(device)
     tokens = torch.randint(1, vocab - 1, (batch, 77), generator=g)
     tokens[:, 20] = vocab - 1
     tokens = tokens.to(device)
     while True:
-        yield images, tokens
+        yield normalize_images(pixels), tokens
 
 
 def shard_batches(shard_dir: str, batch: int, size: int, workers: int, device: torch.device):
@@ -86,7 +88,7 @@ def shard_batches(shard_dir: str, batch: int, size: int, workers: int, device: t
     tok = train_tokenizer([f"a photo of a thing number {i}" for i in range(200)], vocab_size=1000)
     ds = ShardBatches(urls, tok, size, batch, shuffle=1000)
     for images, tokens, _ in make_loader(ds, workers, pin_memory=device.type == "cuda"):
-        yield images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        yield normalize_images(images.to(device, non_blocking=True)), tokens.to(device, non_blocking=True)
 
 
 def make_shards(directory: str, n: int, per_shard: int = 500, src: int = 256) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -99,7 +100,11 @@ def shuffle_buffer(data: Iterator[Any], size: int, rng: random.Random) -> Iterat
 
 
 class ShardBatches(IterableDataset):
-    """An endless stream of ``(images, tokens, meta)`` batches for one rank (see module docstring)."""
+    """An endless stream of ``(images, tokens, meta)`` batches for one rank (see module docstring).
+
+    ``images`` is ``uint8 [B, S, S, 3]``: normalise on the device with
+    ``train.transforms.normalize_images``.
+    """
 
     def __init__(
         self,
@@ -120,6 +125,7 @@ class ShardBatches(IterableDataset):
             raise ValueError("no shards to train on")
         self.urls = urls
         self.tokenize = tokenize
+        self.image_size = image_size
         self.transform = train_transform(image_size)
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -138,7 +144,7 @@ class ShardBatches(IterableDataset):
 
     def _decode(
         self, sample: dict[str, Any], epoch: int, counts: Counter[str]
-    ) -> tuple[torch.Tensor, str] | None:
+    ) -> tuple[np.ndarray, str] | None:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
             counts["missing_image"] += 1
@@ -157,13 +163,20 @@ class ShardBatches(IterableDataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # DecompressionBomb etc. are counted, not printed
+                # opened lazily: the transform reads the header, picks the crop, then decodes
+                # (a large JPEG at reduced scale)
                 img = Image.open(io.BytesIO(sample[ext]))
-                img.load()
-            rng = random.Random(f"crop-{self.seed}-{epoch}-{sample['__key__']}")
-            return self.transform(img, rng), text
+                rng = random.Random(f"crop-{self.seed}-{epoch}-{sample['__key__']}")
+                return self.transform(img, rng), text
         except Exception:  # any decoder failure is a corrupt sample
             counts["corrupt_image"] += 1
             return None
+
+    def _new_batch(self, in_worker: bool) -> torch.Tensor:
+        """The ``uint8 [B, S, S, 3]`` batch crops are written into, in shared memory inside a loader
+        worker so the DataLoader sends it to the trainer without copying it again."""
+        batch = torch.empty((self.batch_size, self.image_size, self.image_size, 3), dtype=torch.uint8)
+        return batch.share_memory_() if in_worker else batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
         info = get_worker_info()
@@ -183,7 +196,8 @@ class ShardBatches(IterableDataset):
             raw = group_by_keys(tar_file_expander(_opened(shards, counts), handler=handler), handler=handler)
             rng = random.Random(f"buffer-{self.seed}-{epoch}-{self.rank}-{worker}")
             emitted = 0
-            images: list[torch.Tensor] = []
+            images = self._new_batch(info is not None)
+            pixels = images.numpy()  # a view: crops are written straight into the batch
             texts: list[str] = []
             for sample in shuffle_buffer(raw, self.shuffle, rng):
                 emitted += 1
@@ -193,16 +207,17 @@ class ShardBatches(IterableDataset):
                 item = self._decode(sample, epoch, counts)
                 if item is None:
                     continue
-                images.append(item[0])
+                pixels[len(texts)] = item[0]
                 texts.append(item[1])
-                if len(images) == self.batch_size:
+                if len(texts) == self.batch_size:
                     meta = {"worker": worker, "epoch": epoch, "pos": emitted, "counts": dict(counts)}
                     counts = Counter()
-                    yield torch.stack(images), self.tokenize(texts), meta
-                    images, texts = [], []
+                    yield images, self.tokenize(texts), meta
+                    images, texts = self._new_batch(info is not None), []
+                    pixels = images.numpy()
             if emitted == 0:
                 raise ValueError(f"rank {self.rank} worker {worker}: shards {shards[:3]}… hold no samples")
-            counts["epoch_remainder"] += len(images)  # an incomplete last batch is dropped
+            counts["epoch_remainder"] += len(texts)  # an incomplete last batch is dropped
             epoch, skip = epoch + 1, 0
 
 

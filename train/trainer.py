@@ -39,6 +39,7 @@ from train.export import write_export
 from train.loss import make_loss
 from train.model import build_model, scalars_as_vectors
 from train.tokenizer import Tokenizer, train_tokenizer
+from train.transforms import normalize_images
 
 
 def log0(rank: int, msg: str) -> None:
@@ -328,7 +329,11 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         micro = [next(batches) for _ in range(tc.grad_accum)]
         for *_, meta in micro:
             position.update(meta)
-        micro = [(i.to(device, non_blocking=True), t.to(device, non_blocking=True)) for i, t, _ in micro]
+        # uint8 crops cross to the device; CLIP's normalisation runs there (a quarter of the bytes)
+        micro = [
+            (normalize_images(i.to(device, non_blocking=True)), t.to(device, non_blocking=True))
+            for i, t, _ in micro
+        ]
         loss, scale = accumulate_step(engine, loss_fn, micro)
         step += 1
         clamp_logit_scale(engine, math.log(tc.max_logit_scale))
