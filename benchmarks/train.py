@@ -239,7 +239,8 @@ def ds_step_fn(
         resolve_ds_config,
         skip_cpu_shm_comm_build,
     )
-    from train.trainer import MetricsLog, accumulate_step
+    from train.metrics import MetricsLog
+    from train.trainer import accumulate_step
 
     skip_cpu_shm_comm_build()
     if not torch.distributed.is_initialized():

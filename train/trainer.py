@@ -10,8 +10,6 @@ import json
 import math
 import os
 import shutil
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +35,10 @@ from train.dsutil import (
 )
 from train.export import write_export
 from train.loss import make_loss
+from train.metrics import MetricsLog, log0, rewind_logs
 from train.model import build_model, scalars_as_vectors
 from train.tokenizer import Tokenizer, train_tokenizer
 from train.transforms import normalize_images
-
-
-def log0(rank: int, msg: str) -> None:
-    if rank == 0:
-        print(f"[train] {msg}", file=sys.stderr, flush=True)
 
 
 def shard_urls(cfg: WebclipConfig, run: RunDir) -> list[str]:
@@ -124,82 +118,6 @@ def compile_enabled(tc: TrainConfig, device: torch.device, zero_stage: int) -> b
     if tc.compile is not None:
         return tc.compile
     return device.type == "cuda" and zero_stage < 3
-
-
-class MetricsLog:
-    """Per-step loss and logit scale, kept on the device and read once per ``log_every`` steps.
-
-    ``float(loss)`` on a GPU waits for the step's kernels to finish, so the host could not queue the
-    next step or fetch its batch meanwhile. Here each step only appends device tensors; :meth:`flush`
-    (at every ``log_every``-th step, before a checkpoint, at a stop and at the end, on every rank at
-    the same steps) all-reduces the interval's losses in one collective, copies them to the host in
-    one sync, and writes one ``metrics.jsonl`` row per step (rank 0). ``samples_per_s`` of a row is the
-    average over its interval.
-    """
-
-    def __init__(
-        self, rank: int, world: int, samples_per_step: int, path: Path, monitor: Any, total_steps: int
-    ):
-        self.rank, self.world = rank, world
-        self.samples_per_step = samples_per_step
-        self.monitor = monitor
-        self.total_steps = total_steps
-        self.file = path.open("a") if rank == 0 else None
-        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
-        self.t_last = time.perf_counter()
-        self.last_loss = float("nan")
-
-    def add(self, step: int, loss: torch.Tensor, scale: torch.Tensor, lr: float) -> None:
-        self.pending.append((step, loss.detach().float().reshape(()), scale.detach().float().reshape(()), lr))
-
-    def flush(self, counts: dict[str, int] | None = None, console: bool = False) -> None:
-        """Write the pending rows; ``console``: also the monitor events and the console line."""
-        if not self.pending:
-            return
-        losses = torch.stack([loss for _, loss, _, _ in self.pending])
-        if self.world > 1:
-            dist.all_reduce(losses)
-            losses /= self.world
-        scales = torch.stack([scale for _, _, scale, _ in self.pending])
-        loss_values, scale_values = torch.stack([losses, scales]).tolist()  # the one host sync
-        now = time.perf_counter()
-        sps = self.samples_per_step * len(self.pending) / max(now - self.t_last, 1e-9)
-        self.t_last = now
-        self.last_loss = loss_values[-1]
-        if self.rank == 0:
-            assert self.file is not None
-            for (step, _, _, lr), loss, scale in zip(self.pending, loss_values, scale_values, strict=True):
-                row = {
-                    "step": step,
-                    "loss": loss,
-                    "lr": lr,
-                    "logit_scale": scale,
-                    "samples_per_s": sps,
-                    "samples": step * self.samples_per_step,
-                }
-                self.file.write(json.dumps(row) + "\n")
-            self.file.flush()
-            if console:
-                step, _, _, lr = self.pending[-1]
-                scale = scale_values[-1]
-                self.monitor.write_events(
-                    [
-                        ("train/loss", self.last_loss, step),
-                        ("train/lr", lr, step),
-                        ("train/logit_scale", scale, step),
-                        ("train/samples_per_s", sps, step),
-                    ]
-                )
-                log0(
-                    self.rank,
-                    f"step {step}/{self.total_steps} loss {self.last_loss:.4f} lr {lr:.2e} scale {scale:.2f} "
-                    f"{sps:.1f} samples/s data {counts or {}}",
-                )
-        self.pending = []
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 def _eval_hook(rank: int) -> Any:
@@ -312,6 +230,10 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
 
     eval_hook = _eval_hook(rank) if (tc.eval_every and cfg.evalsets) else None
     samples_per_step = tc.batch_size * tc.grad_accum * world
+    if rank == 0:  # the logs read as one run: what an interrupted attempt logged after `step` goes
+        dropped = rewind_logs(out_dir / "metrics.jsonl", monitor, step)
+        if dropped:
+            log0(rank, f"dropped {dropped} log rows of steps after {step}, which this run redoes")
     metrics = MetricsLog(rank, world, samples_per_step, out_dir / "metrics.jsonl", monitor, tc.steps)
 
     def save(tag_step: int) -> None:

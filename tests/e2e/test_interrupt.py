@@ -177,7 +177,9 @@ def _stats(run: RunDir) -> dict[str, Any]:
 
 def _losses(run: RunDir) -> dict[int, float]:
     rows = [json.loads(x) for x in run.local_path("train", "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}  # a step redone after a resume keeps its last value
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)), "a step redone after a resume must be logged once"
+    return {r["step"]: r["loss"] for r in rows}
 
 
 def artifacts(run: RunDir) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -239,6 +240,25 @@ def test_kill_and_resume_gives_the_same_losses(single):
         assert abs(full[step] - resumed[step]) < 1e-6, (step, full[step], resumed[step])
     out = single["killed"].log.read_text()
     assert "resumed from" in out and "at step 3" in out
+
+
+def test_resumed_run_logs_read_as_one_run(single):
+    """The killed run had logged step 4 before it died; after the resume every log holds each step once:
+    metrics.jsonl, the CSV monitor (one header) and TensorBoard (the first attempt's step 4 purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    killed = single["killed"]
+    # step 4's row, and its monitor events if they were written before the kill
+    assert re.search(r"dropped \d+ log rows of steps after 3", killed.log.read_text())
+    assert [r["step"] for r in killed.rows()] == [1, 2, 3, 4, 5, 6]
+    lines = (killed.dir / "train" / "logs" / "csv" / "train_loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss" and [x.split(",")[0] for x in lines[1:]] == ["1", "2", "3", "4", "5", "6"]
+    acc = EventAccumulator(str(killed.dir / "train" / "logs" / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Scalars("train/loss")
+    assert [e.step for e in scalars] == [1, 2, 3, 4, 5, 6]
+    full = single["acc"].losses()
+    assert all(abs(e.value - full[e.step]) < 1e-6 for e in scalars)  # step 4 is the redone one
 
 
 def test_zero_shot_eval_during_training_logged_at_interval_and_training_unchanged(single):
