@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The training measurements that need a GPU (issue #6's targets), in parts that each fit one call of
+# the device tool (10 minutes). Prepare once here: `bash benchmarks/gpu_wheels.sh`; then per part:
+#   device run, carry [".whl"]:  bash benchmarks/gpu_plan.sh mfu|factors|loader|profile
+# Each part prints JSON lines (benchmarks/train.py) and keeps them in $OUT/<part>.jsonl.
+#   mfu      ViT-B/16 bf16 ZeRO-2 batch 384, compiled: bare loop vs webclip's DeepSpeed step on
+#            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU)
+#   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer,
+#            check_grad_overflow off, 5e8 buckets, ZeRO-0
+#   loader   real JPEG shards vs synthetic through the DeepSpeed step, trainer defaults (15 loader
+#            workers), ViT-B/16 and ViT-B/32 (target: shards >= 90 % of synthetic)
+#   profile  torch.profiler traces of 3 steps of each loop (ViT-B/16), to $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+part=${1:?usage: gpu_plan.sh mfu|factors|loader|profile}
+OUT=${OUT:-/tmp/gpu_plan}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/.whl/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+bench() { python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl"; }
+B16=(--model ViT-B-16 --batch 384 --steps 12 --warmup 4 --compile --deepspeed-config infra/deepspeed/zero2.json)
+case "$part" in
+  mfu) bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 ;;
+  factors)
+    for set in timers.throughput.enabled=true bf16.check_grad_overflow=false \
+        zero_optimization.reduce_bucket_size=5e8 zero_optimization.stage=0; do
+      bench "${B16[@]}" --mode deepspeed --data synthetic --ds-set "$set"
+    done ;;
+  loader)
+    bench "${B16[@]}" --mode deepspeed --data both --workers 15 --shards /tmp/shards
+    bench --model ViT-B-32 --batch 768 --steps 12 --warmup 4 --compile --mode deepspeed --data both \
+      --workers 15 --shards /tmp/shards --deepspeed-config infra/deepspeed/zero2.json ;;
+  profile) bench "${B16[@]}" --mode both --data synthetic --steps 6 --profile "$OUT/prof" ;;
+  *) echo "unknown part: $part" >&2; exit 2 ;;
+esac
