@@ -7,8 +7,8 @@
 #            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU)
 #   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer,
 #            check_grad_overflow off, 5e8 buckets, ZeRO-0
-#   loader   real JPEG shards vs synthetic through the DeepSpeed step, trainer defaults (15 loader
-#            workers), ViT-B/16 and ViT-B/32 (target: shards >= 90 % of synthetic)
+#   loader   real JPEG shards (the COCO photos at 256 px, from .whl/photos) vs synthetic through the
+#            DeepSpeed step, 15 loader workers, ViT-B/16 and ViT-B/32 (target: shards >= 90 % of synthetic)
 #   profile  torch.profiler traces of 3 steps of each loop (ViT-B/16), to $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +28,10 @@ case "$part" in
       bench "${B16[@]}" --mode deepspeed --data synthetic --ds-set "$set"
     done ;;
   loader)
-    bench "${B16[@]}" --mode deepspeed --data both --workers 15 --shards /tmp/shards
+    shards=(--workers 15 --shards /tmp/shards --photos .whl/photos)  # real COCO photos, 256 px
+    bench "${B16[@]}" --mode deepspeed --data both "${shards[@]}"
     bench --model ViT-B-32 --batch 768 --steps 12 --warmup 4 --compile --mode deepspeed --data both \
-      --workers 15 --shards /tmp/shards --deepspeed-config infra/deepspeed/zero2.json ;;
+      "${shards[@]}" --deepspeed-config infra/deepspeed/zero2.json ;;
   profile) bench "${B16[@]}" --mode both --data synthetic --steps 6 --profile "$OUT/prof" ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac

@@ -19,4 +19,17 @@ ds=$(.venv/bin/python -c 'import importlib.util as u, os; print(os.path.dirname(
 rm -rf .whl/site/deepspeed
 cp -r "$ds" .whl/site/
 find .whl/site -name __pycache__ -prune -exec rm -rf {} +
+# the COCO photos as the download stage stores them (center_crop 256 px, JPEG q95): the loader part
+# cycles them (../shared/data does not travel to the device)
+.venv/bin/python - <<'PY'
+import sys
+sys.path.insert(0, ".")
+from pathlib import Path
+from PIL import Image
+from benchmarks.train_loader import PHOTOS, _center_crop
+out = Path(".whl/photos")
+out.mkdir(exist_ok=True)
+for p in sorted(PHOTOS.glob("*/*.jpg")):
+    _center_crop(Image.open(p).convert("RGB"), 256).save(out / p.name, format="JPEG", quality=95)
+PY
 du -sh .whl

@@ -91,8 +91,11 @@ def shard_batches(shard_dir: str, batch: int, size: int, workers: int, device: t
         yield normalize_images(images.to(device, non_blocking=True)), tokens.to(device, non_blocking=True)
 
 
-def make_shards(directory: str, n: int, per_shard: int = 500, src: int = 256) -> None:
-    """JPEG shards of smooth random images (real JPEG decode cost), img2dataset layout."""
+def make_shards(
+    directory: str, n: int, per_shard: int = 500, src: int = 256, photos: str | None = None
+) -> None:
+    """JPEG shards in img2dataset layout: the JPEGs of ``photos`` cycled (``benchmarks/gpu_wheels.sh``
+    prepares the COCO photos as the download stage stores them), else smooth random images."""
     import io
 
     import numpy as np
@@ -100,23 +103,27 @@ def make_shards(directory: str, n: int, per_shard: int = 500, src: int = 256) ->
     from PIL import Image
 
     Path(directory).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    base = [
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize((src, src), Image.BICUBIC)
-        for _ in range(64)
-    ]
-    jpgs = []
-    for im in base:
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=90)
-        jpgs.append(buf.getvalue())
+    if photos:
+        jpgs = [p.read_bytes() for p in sorted(Path(photos).glob("*.jpg"))]
+        if not jpgs:
+            sys.exit(f"--photos {photos}: no .jpg files")
+    else:
+        rng = np.random.default_rng(0)
+        jpgs = []
+        for _ in range(64):
+            im = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize(
+                (src, src), Image.BICUBIC
+            )
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=90)
+            jpgs.append(buf.getvalue())
     for s in range((n + per_shard - 1) // per_shard):
         with wds.TarWriter(f"{directory}/{s:05d}.tar") as tw:
             for i in range(per_shard):
                 tw.write(
                     {
                         "__key__": f"{s:05d}{i:04d}",
-                        "jpg": jpgs[(s * per_shard + i) % 64],
+                        "jpg": jpgs[(s * per_shard + i) % len(jpgs)],
                         "txt": f"a photo of a thing number {i % 200}",
                     }
                 )
@@ -298,6 +305,9 @@ def main() -> None:
         "--shards", default=None, help="folder of .tar shards (made with --make-shards if absent)"
     )
     ap.add_argument("--make-shards", type=int, default=20000, help="samples to write when --shards is empty")
+    ap.add_argument(
+        "--photos", default=None, help="folder of JPEGs the made shards cycle (default: synthetic)"
+    )
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument(
@@ -357,7 +367,7 @@ def main() -> None:
             else:
                 shard_dir = args.shards or tempfile.mkdtemp(prefix="shards-")
                 if not list(Path(shard_dir).glob("*.tar")):
-                    make_shards(shard_dir, args.make_shards)
+                    make_shards(shard_dir, args.make_shards, photos=args.photos)
                 batches = shard_batches(shard_dir, args.batch, size, args.workers, device)
             if gpu:
                 torch.cuda.reset_peak_memory_stats()
