@@ -19,6 +19,7 @@ changes nothing a model can see:
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -38,10 +39,18 @@ _DCT_SCALES = (8, 4, 2)
 cv2.setNumThreads(1)  # one loader worker = one core; OpenCV's own pool would oversubscribe
 
 
+@functools.lru_cache(maxsize=8)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # made once per device: building them per call would copy from pageable host memory every step,
+    # and a blocking host-to-GPU copy waits for the GPU (a host sync per step)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """``uint8 [N, H, W, 3]`` (any device) -> CLIP-normalised contiguous ``float32 [N, 3, H, W]``."""
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device)
     x = images.permute(0, 3, 1, 2).float() / 255.0
     return ((x - mean) / std).contiguous()
 
