@@ -5,8 +5,9 @@
 # Each part prints JSON lines (benchmarks/train.py) and keeps them in $OUT/<part>.jsonl.
 #   mfu      ViT-B/16 bf16 ZeRO-2 batch 384, compiled: bare loop vs webclip's DeepSpeed step on
 #            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU)
-#   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer,
-#            check_grad_overflow off, 5e8 buckets, ZeRO-0
+#   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer, the old
+#            check_grad_overflow=true, 5e8 buckets, ZeRO-0 (FP16_UnfusedOptimizer: host syncs per
+#            parameter), ZeRO-1 with fp32 gradient accumulation (BF16_Optimizer, EVA-CLIP's setup)
 #   loader   real JPEG shards (the COCO photos at 256 px, from .whl/photos) vs synthetic through the
 #            DeepSpeed step, 15 loader workers, ViT-B/16 and ViT-B/32 (target: shards >= 90 % of synthetic)
 #   profile  torch.profiler traces of 3 steps of each loop (ViT-B/16), to $OUT
@@ -23,9 +24,13 @@ B16=(--model ViT-B-16 --batch 384 --steps 12 --warmup 4 --compile --deepspeed-co
 case "$part" in
   mfu) bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 ;;
   factors)
-    for set in timers.throughput.enabled=true bf16.check_grad_overflow=false \
-        zero_optimization.reduce_bucket_size=5e8 zero_optimization.stage=0; do
-      bench "${B16[@]}" --mode deepspeed --data synthetic --ds-set "$set"
+    # one item per run; an item may hold several settings separated by '+'
+    for item in timers.throughput.enabled=true bf16.check_grad_overflow=true \
+        zero_optimization.reduce_bucket_size=5e8 zero_optimization.stage=0 \
+        zero_optimization.stage=1+data_types.grad_accum_dtype=fp32; do
+      sets=(); IFS=+ read -ra parts <<<"$item"
+      for s in "${parts[@]}"; do sets+=(--ds-set "$s"); done
+      bench "${B16[@]}" --mode deepspeed --data synthetic "${sets[@]}"
     done ;;
   loader)
     shards=(--workers 15 --shards /tmp/shards --photos .whl/photos)  # real COCO photos, 256 px

@@ -52,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, args.run)
         _single_process_env()
+        from train.metrics import TrainingDiverged
         from train.trainer import train
 
-        train(cfg, args.deepspeed_config)
+        try:
+            train(cfg, args.deepspeed_config)
+        except TrainingDiverged as exc:  # the run's logs and checkpoints are kept; the message says what next
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -25,6 +26,10 @@ def log0(rank: int, msg: str) -> None:
     """Print ``[train] msg`` to stderr on rank 0."""
     if rank == 0:
         print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: stop rather than train on."""
 
 
 class MetricsLog:
@@ -63,6 +68,8 @@ class MetricsLog:
             losses /= self.world
         scales = torch.stack([scale for _, _, scale, _ in self.pending])
         loss_values, scale_values = torch.stack([losses, scales]).tolist()  # the one host sync
+        steps = [step for step, *_ in self.pending]
+        bad = [(step, v) for step, v in zip(steps, loss_values, strict=True) if not math.isfinite(v)]
         now = time.perf_counter()
         sps = self.samples_per_step * len(self.pending) / max(now - self.t_last, 1e-9)
         self.t_last = now
@@ -97,6 +104,14 @@ class MetricsLog:
                     f"{sps:.1f} samples/s data {counts or {}}",
                 )
         self.pending = []
+        if bad:
+            # every rank holds the same all-reduced losses, so every rank stops here together
+            raise TrainingDiverged(
+                f"train: the loss is {bad[0][1]} at step {bad[0][0]}: training diverged. Lower train.lr or raise "
+                "train.warmup, then run the same command again to resume from the last checkpoint "
+                "(train.checkpoint_every); bf16 runs do not skip steps on non-finite gradients "
+                "(infra/deepspeed/*.json: bf16.check_grad_overflow=false, see README)"
+            )
 
     def close(self) -> None:
         if self.file is not None:

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+import torch
+
 from train.metrics import rewind_logs
 
 
@@ -69,3 +72,21 @@ def test_fresh_start_clears_an_attempt_that_never_checkpointed(tmp_path):
     assert _attempt(tmp_path, range(1, 2), 0.25, 0) == 3 + 2
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(rows[0]) == {"step": 1, "loss": 1.25} and len(rows) == 2  # + this attempt's cut row
+
+
+def test_a_non_finite_loss_stops_training_with_its_step_after_logging_the_interval(tmp_path):
+    from train.metrics import MetricsLog, TrainingDiverged
+
+    events = []
+    monitor = SimpleNamespace(write_events=events.extend)
+    log = MetricsLog(0, 1, 8, tmp_path / "metrics.jsonl", monitor, total_steps=10)
+    for step, loss in ((1, 2.0), (2, 1.5)):
+        log.add(step, torch.tensor(loss), torch.tensor(14.3), 1e-3)
+    log.flush(console=True)  # finite: no error
+    for step, loss in ((3, 1.4), (4, float("nan")), (5, float("inf"))):
+        log.add(step, torch.tensor(loss), torch.tensor(14.3), 1e-3)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 4: training diverged\. Lower train\.lr"):
+        log.flush(console=True)
+    log.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # the interval that diverged is still on record
