@@ -151,3 +151,17 @@ def test_integer_thresholds_equal_float_comparison():
         near = np.array([max(int(t) - 1, 0), int(t), min(int(t) + 1, 2**53 - 1)], np.uint64)
         for d in np.concatenate((draws, near)):
             assert (d < t) == (float(d) / 2**53 < q), (q, d)
+
+
+def test_uid_to_u64_is_the_first_16_hex_digits_and_hashes_foreign_uids():
+    rng = random.Random(3)
+    hexes = ["".join(rng.choice("0123456789abcdef") for _ in range(32)) for _ in range(500)]
+    hexes += [h.upper() for h in hexes[:50]] + ["f" * 32, "0" * 32]
+    got = uid_to_u64(pa.array(hexes))
+    assert got.dtype == np.uint64 and got.tolist() == [int(h[:16], 16) for h in hexes]
+    # a slice of a larger array (non-zero offset) reads its own rows
+    assert uid_to_u64(pa.array(hexes).slice(7, 20)).tolist() == [int(h[:16], 16) for h in hexes[7:27]]
+    # one non-hex uid: every uid of the batch is hashed instead, deterministically
+    foreign = [*hexes[:3], "g" * 32]
+    a, b = uid_to_u64(pa.array(foreign)), uid_to_u64(pa.array(foreign))
+    assert a.tolist() == b.tolist() and a[0] != int(hexes[0][:16], 16)
