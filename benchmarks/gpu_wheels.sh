@@ -26,10 +26,10 @@ import sys
 sys.path.insert(0, ".")
 from pathlib import Path
 from PIL import Image
-from benchmarks.train_loader import PHOTOS, _center_crop
+from benchmarks.train_loader import PHOTOS, center_crop
 out = Path(".whl/photos")
 out.mkdir(exist_ok=True)
 for p in sorted(PHOTOS.glob("*/*.jpg")):
-    _center_crop(Image.open(p).convert("RGB"), 256).save(out / p.name, format="JPEG", quality=95)
+    center_crop(Image.open(p).convert("RGB"), 256).save(out / p.name, format="JPEG", quality=95)
 PY
 du -sh .whl

@@ -99,10 +99,10 @@ def make_shards(
     import io
 
     import numpy as np
-    import webdataset as wds
     from PIL import Image
 
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    from benchmarks.train_loader import write_jpeg_shards
+
     if photos:
         jpgs = [p.read_bytes() for p in sorted(Path(photos).glob("*.jpg"))]
         if not jpgs:
@@ -117,16 +117,7 @@ def make_shards(
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=90)
             jpgs.append(buf.getvalue())
-    for s in range((n + per_shard - 1) // per_shard):
-        with wds.TarWriter(f"{directory}/{s:05d}.tar") as tw:
-            for i in range(per_shard):
-                tw.write(
-                    {
-                        "__key__": f"{s:05d}{i:04d}",
-                        "jpg": jpgs[(s * per_shard + i) % len(jpgs)],
-                        "txt": f"a photo of a thing number {i % 200}",
-                    }
-                )
+    write_jpeg_shards(Path(directory), jpgs, n, lambda k: f"a photo of a thing number {k % 200}", per_shard)
 
 
 def time_loop(step, batches, steps: int, warmup: int, device: torch.device) -> float:

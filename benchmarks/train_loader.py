@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,7 +51,8 @@ PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "c
 CAPTIONS = [f"a photo number {i}" for i in range(97)]
 
 
-def _center_crop(img: Image.Image, side: int) -> Image.Image:
+def center_crop(img: Image.Image, side: int) -> Image.Image:
+    """img2dataset's ``center_crop`` resize mode (what webclip's download stage stores by default)."""
     # img2dataset's center_crop: shorter side to `side` (area-averaging downscale), the central square
     w, h = img.size
     s = side / min(w, h)
@@ -61,26 +63,34 @@ def _center_crop(img: Image.Image, side: int) -> Image.Image:
 
 def make_shards(directory: Path, n: int, side: int | None, per_shard: int = 500) -> list[str]:
     """``n`` samples cycling the COCO photos (img2dataset layout); ``side=None`` keeps the originals."""
-    import webdataset as wds
-
     photos = sorted(PHOTOS.glob("*/*.jpg"))
     if not photos:
         sys.exit(f"no photos under {PHOTOS}: this benchmark reads ../shared/data beside the checkout")
-    directory.mkdir(parents=True, exist_ok=True)
     encoded = []
     for p in photos:
         if side is None:
             encoded.append(p.read_bytes())
             continue
         buf = io.BytesIO()
-        _center_crop(Image.open(p).convert("RGB"), side).save(buf, format="JPEG", quality=95)
+        center_crop(Image.open(p).convert("RGB"), side).save(buf, format="JPEG", quality=95)
         encoded.append(buf.getvalue())
+    write_jpeg_shards(directory, encoded, n, lambda k: CAPTIONS[k % len(CAPTIONS)], per_shard)
+    return list_shards(str(directory / "*.tar"))
+
+
+def write_jpeg_shards(
+    directory: Path, jpgs: list[bytes], n: int, caption: Callable[[int], str], per_shard: int = 500
+) -> None:
+    """``n`` samples cycling ``jpgs`` as ``<directory>/0000N.tar`` (img2dataset layout), sample k
+    captioned ``caption(k)``; also what ``benchmarks/train.py`` writes its shards with."""
+    import webdataset as wds
+
+    directory.mkdir(parents=True, exist_ok=True)
     for s in range(math.ceil(n / per_shard)):
         with wds.TarWriter(str(directory / f"{s:05d}.tar")) as tw:
             for i in range(min(per_shard, n - s * per_shard)):
                 k = s * per_shard + i
-                tw.write({"__key__": f"{k:09d}", "jpg": encoded[k % len(encoded)], "txt": CAPTIONS[k % 97]})
-    return list_shards(str(directory / "*.tar"))
+                tw.write({"__key__": f"{k:09d}", "jpg": jpgs[k % len(jpgs)], "txt": caption(k)})
 
 
 def open_clip_pipeline(urls: list[str], tokenizer: Tokenizer, size: int, batch: int, shuffle: int):

@@ -137,13 +137,14 @@ def _rewind_jsonl(path: Path, step: int) -> int:
 
 def _rewind_csv(path: Path, step: int) -> int:
     """Keep one header and the rows with ``step <= step`` of a DeepSpeed CSV monitor file; rows dropped."""
-    rows = list(csv.reader(io.StringIO(path.read_text())))
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
     header = rows[0] if rows else ["step", path.stem]
     data = [r for r in rows[1:] if len(r) == 2 and r[0] != "step"]
     kept = [r for r in data if int(r[0]) <= step]
     out = io.StringIO()
     csv.writer(out).writerows([header, *kept])
-    if out.getvalue() != path.read_text():
+    if out.getvalue() != text:
         _replace_text(path, out.getvalue())
     return len(data) - len(kept)
 

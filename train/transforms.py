@@ -14,7 +14,8 @@ changes nothing a model can see:
 - a crop that is upscaled or downscaled by less than :data:`OPENCV_MAX_DOWNSCALE` is resized with
   OpenCV's SIMD cubic (3× faster than Pillow's): without antialiasing, which at these factors
   differs from Pillow's antialiased bicubic by less than Pillow's own bilinear/bicubic difference
-  (measured in ``benchmarks/train_loader.py``); larger downscales keep Pillow's antialiased bicubic.
+  (``tests/train/test_data.py`` bounds both shortcuts against Pillow's full-resolution bicubic;
+  ``benchmarks/train_loader.py`` measures the speed); larger downscales keep Pillow's antialiased bicubic.
 """
 
 from __future__ import annotations

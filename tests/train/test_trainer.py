@@ -185,9 +185,22 @@ def single(tmp_path_factory, shards) -> dict[str, Any]:
         "killed": Run(root, "killed", shards, "zero2_fp32.json", *acc),
         "eval": Run(root, "eval", shards, "zero2_fp32.json", *rn, "train.eval_every=2"),
         "noeval": Run(root, "noeval", shards, "zero2_fp32.json", *rn, "train.eval_every=0"),
+        # exp(1000) overflows fp32: the first step's logits, and so its loss, are not finite
+        "diverged": Run(
+            root,
+            "diverged",
+            shards,
+            "zero2_fp32.json",
+            "train.steps=3",
+            "train.batch_size=8",
+            "train.checkpoint_every=0",
+            "train.model_overrides={init_logit_scale: 1000.0}",
+        ),
     }
     procs: list[Proc] = []
     try:
+        # its own process: it must exit 3, where run_many would stop the runs after it
+        procs.append(diverged := Proc(runs["diverged"]))
         killed = Proc(runs["killed"])
         # ZeRO-3 replaces torch.nn.functional.linear for the rest of its process: it runs last in its
         # process; the runs compared exactly (eval/noeval) run first in theirs
@@ -200,9 +213,9 @@ def single(tmp_path_factory, shards) -> dict[str, Any]:
         assert killed.proc.wait() == -signal.SIGKILL
         latest = (runs["killed"].dir / "train" / "checkpoints" / "latest").read_text().strip()
         procs.append(Proc(runs["killed"]))  # the same command again: resumes from step 3
-        for proc in procs[1:]:
+        for proc in procs[2:]:
             proc.wait()
-        yield {**runs, "latest_after_kill": latest}
+        yield {**runs, "latest_after_kill": latest, "diverged_exit": diverged.proc.wait(timeout=TIMEOUT)}
     finally:
         for proc in procs:
             proc.stop()
@@ -240,6 +253,17 @@ def test_kill_and_resume_gives_the_same_losses(single):
         assert abs(full[step] - resumed[step]) < 1e-6, (step, full[step], resumed[step])
     out = single["killed"].log.read_text()
     assert "resumed from" in out and "at step 3" in out
+
+
+def test_a_diverged_run_stops_with_exit_3_naming_the_step(single):
+    """A non-finite loss is not trained on: the run ends with exit 3 and a message that names the step
+    and what to do, with the step's row logged and no export written."""
+    run = single["diverged"]
+    out = run.log.read_text()
+    assert single["diverged_exit"] == 3, out[-3000:]
+    assert "error: train: the loss is nan at step 1: training diverged. Lower train.lr" in out, out[-3000:]
+    assert [r["step"] for r in run.rows()] == [1]
+    assert not (run.dir / "train" / "export").exists()
 
 
 def test_resumed_run_logs_read_as_one_run(single):
