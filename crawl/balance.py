@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crawl.balance_kernel import keep_rows
 from crawl.entries import load_entries
-from crawl.uid import draw_thresholds, entry_keys, pair_draws, uid_to_u64
+from crawl.uid import draw_thresholds, splitmix64, uid_to_u64
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -51,42 +52,26 @@ def _list_parts(entry_ids: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, 
 
 
 def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, p: np.ndarray, seed: int) -> np.ndarray:
-    """Which rows balancing keeps (vectorised; rows without entries are never kept).
+    """Which rows balancing keeps (rows without entries are never kept).
 
-    A row with an entry of p = 1 is kept whatever its draw (u < 1 always), so only the other rows
-    are hashed; their pairs are drawn exactly as :func:`crawl.uid.pair_uniform` defines (compared
-    as integers, :func:`crawl.uid.draw_thresholds`), so the result does not depend on which rows
-    took the shortcut.
+    Exactly the definition, row by row: kept when some pair's :func:`crawl.uid.pair_uniform` draw is
+    below its entry's p (compared as integers, :func:`crawl.uid.draw_thresholds`). The pass is
+    compiled (:func:`crawl.balance_kernel.keep_rows`); a pair with p = 1 is not hashed and a row's
+    first hit ends it, which do not change the result.
     """
     offsets, flat = _list_parts(entry_ids)
-    n = len(offsets) - 1
-    # Rows holding at least one sure pair: the cumulative count of sure pairs grows across the row.
-    # (np.take of a bool table beats fancy indexing of the float probabilities by ~2x.)
-    sure = np.take(p >= 1.0, flat)
-    sure_before = np.zeros(len(flat) + 1, np.int32 if len(flat) < 2**31 else np.int64)
-    np.cumsum(sure, out=sure_before[1:])
-    keep = sure_before[offsets[1:]] > sure_before[offsets[:-1]]
-    lengths = np.diff(offsets)
-    todo = np.flatnonzero(~keep & (lengths > 0))
-    if len(todo) == np.count_nonzero(lengths):  # no row is sure: draw every pair where it lies
-        todo = np.arange(n)
-        row, entry, uid64 = np.repeat(todo, lengths), flat, uid_to_u64(uids)
-    elif len(todo):  # gather the pairs of the rows still undecided
-        todo_lengths = lengths[todo]
-        row = np.repeat(np.arange(len(todo)), todo_lengths)  # index into todo, per pair
-        row_first = np.zeros(len(todo), np.int64)
-        np.cumsum(todo_lengths[:-1], out=row_first[1:])
-        pair = np.arange(len(row)) + np.repeat(offsets[todo] - row_first, todo_lengths)
-        entry, uid64 = flat[pair], uid_to_u64(uids.take(pa.array(todo)))
-    if len(todo):
-        if len(entry) < len(p):  # few pairs: hash halves and thresholds per pair
-            keys, thresholds = entry_keys(entry, seed), draw_thresholds(np.take(p, entry))
-        else:  # many: once per entry (len(p) values), then looked up
-            keys = np.take(entry_keys(np.arange(len(p)), seed), entry)
-            thresholds = np.take(draw_thresholds(p), entry)
-        hit = pair_draws(uid64[row], keys) < thresholds
-        keep[todo[np.bincount(row[hit], minlength=len(todo)) > 0]] = True
-    return keep if n else np.zeros(0, bool)
+    if len(offsets) == 1:
+        return np.zeros(0, bool)
+    if len(flat) and (flat.min() < 0 or flat.max() >= len(p)):  # compiled code checks no bounds
+        bad = int(np.flatnonzero((flat < 0) | (flat >= len(p)))[0])
+        row = int(np.searchsorted(offsets, bad, side="right")) - 1
+        raise ValueError(
+            f"row {row} holds entry_id {int(flat[bad])}, outside the {len(p):,} entries of the "
+            "probabilities (match/counts.parquet): the match parts and counts are from different "
+            "runs; rerun `webclip match`"
+        )
+    seed_key = splitmix64(np.full(1, seed, np.uint64))[0]
+    return keep_rows(offsets, flat, uid_to_u64(uids), seed_key, draw_thresholds(p))
 
 
 def expected_keep(entry_ids: pa.ListArray, p: np.ndarray) -> float:

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from crawl.balance import BalanceStage, expected_keep, keep_mask
 from crawl.uid import draw_thresholds, make_uid, pair_uniform, uid_to_u64
@@ -140,6 +141,16 @@ def test_shortcut_for_sure_entries_decides_like_the_definition():
     sliced = keep_mask(pa.array(uids).slice(100, 500), arr.slice(100, 500), p, seed=9)
     assert (sliced == want[100:600]).all()
     assert 0 < want.sum() < len(ids)
+
+
+def test_entry_id_outside_the_probabilities_is_a_clear_error():
+    # The compiled pass has no bounds checks: an id the counts never saw must be reported, not read.
+    uids = pa.array([make_uid(f"https://x.org/{i}", "c") for i in range(3)])
+    for bad in (7, -1):
+        ids = pa.array([[0], [1, bad], [2]], pa.list_(pa.int32()))
+        with pytest.raises(ValueError, match=rf"row 1 holds entry_id {bad}, outside the 3 entries"):
+            keep_mask(uids, ids, np.array([0.5, 0.5, 0.5]), seed=0)
+    assert keep_mask(uids.slice(0, 0), pa.array([], pa.list_(pa.int32())), np.ones(3), seed=0).shape == (0,)
 
 
 def test_integer_thresholds_equal_float_comparison():
