@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pipeline.images import to_8bit
+
 # OpenCV's decode is single-threaded, but keep its pool from spawning threads in Ray workers.
 cv2.setNumThreads(1)
 
@@ -116,4 +118,4 @@ def decode_gray(data: bytes, min_side: int = DEFAULT_MIN_SIDE) -> tuple[np.ndarr
     size = img.size
     if img.format == "JPEG" and min_side > 1:
         img.draft("L", (min_side, min_side))  # CMYK/YCCK JPEGs: DCT scaling still applies
-    return np.asarray(img.convert("L")), size
+    return np.asarray(to_8bit(img).convert("L")), size  # 16-bit scaled, not clipped

@@ -20,6 +20,7 @@ from dedup.decode import decode_gray
 from dedup.phash import phash_thumbs
 from dedup.views import View, image_view_thumbs, train_thumbs, trim_boxes
 from pipeline.evalsets import EvalRecord, EvalSet
+from pipeline.images import to_8bit
 from pipeline.stats import Stats
 
 
@@ -112,7 +113,7 @@ def eval_gray(rec: EvalRecord, min_side: int) -> np.ndarray:
         return decode_gray(rec.image_bytes, min_side)[0]
     if rec.image is None:
         raise ValueError(f"eval record {rec.eval_id!r} has no image")
-    return np.asarray(rec.image.convert("L"))
+    return np.asarray(to_8bit(rec.image).convert("L"))
 
 
 def eval_thumbs(gray: np.ndarray, views: tuple[View, ...], trim_tol: int) -> np.ndarray:

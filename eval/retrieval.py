@@ -27,6 +27,7 @@ from tqdm import tqdm
 from eval.features import encode_images, encode_texts
 from eval.metrics import best_positive_rank
 from pipeline.errors import ConfigError
+from pipeline.images import to_rgb
 
 KS = (1, 5, 10)
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -202,7 +203,9 @@ def evaluate_retrieval(
         imgs, idx = [], []
         for i in range(start, min(start + batch_size, len(cs.image_ids))):
             try:
-                imgs.append(cs.load(i).convert("RGB"))
+                img = cs.load(i)
+                img.load()  # decode now, so a broken file is dropped here
+                imgs.append(to_rgb(img))
                 idx.append(i)
             except Exception:  # an undecodable image is a counted drop
                 dropped["undecodable_image"] += 1

@@ -47,6 +47,7 @@ from PIL import Image
 
 from pipeline.errors import ConfigError
 from pipeline.evalsets_spec import EvalSetSpec
+from pipeline.images import to_8bit, to_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _PARQUET_IMAGE_COLUMNS = ("image", "jpg", "img", "png", "image_bytes", "webp")
@@ -68,13 +69,15 @@ class EvalRecord:
     image: Image.Image | None = None
 
     def gray(self) -> Image.Image:
-        """The image in PIL mode ``L``, converted the way ``imagehash`` converts (``Image.convert('L')``)."""
-        return self._decoded().convert("L")
+        """The image in PIL mode ``L``, converted the way ``imagehash`` converts (``Image.convert('L')``).
+
+        16-bit grayscale is first scaled to 8 bits (:func:`pipeline.images.to_8bit`): Pillow clips it.
+        """
+        return to_8bit(self._decoded()).convert("L")
 
     def rgb(self) -> Image.Image:
         """The image decoded to RGB (what a CLIP preprocessing pipeline takes)."""
-        img = self._decoded()
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(self._decoded())
 
     def sha256(self) -> str:
         """Hex sha256 of the encoded bytes, or of the raw pixel buffer for array sources."""

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.images import to_rgb
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # below this shrink factor a crop is resized with OpenCV's cubic (no antialiasing needed), above it
@@ -58,16 +60,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB Pillow image -> normalised ``FloatTensor[3, H, W]`` (the formula of :func:`normalize_images`)."""
-    return normalize_images(torch.from_numpy(np.array(img.convert("RGB")))[None])[0]
-
-
-def _rgb(img: Image.Image) -> Image.Image:
-    # palette/alpha images: composite onto white so transparent regions are not black noise
-    if img.mode in ("RGBA", "LA", "P", "PA"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, img).convert("RGB")
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return normalize_images(torch.from_numpy(np.array(to_rgb(img)))[None])[0]
 
 
 def random_resized_crop_box(
@@ -116,7 +109,7 @@ def _draft_scale(img: Image.Image, box: tuple[int, int, int, int], size: int) ->
 def crop_resize(img: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     """The ``box`` of a lazily opened image, resized to ``uint8 [size, size, 3]`` (see module docstring)."""
     k = _draft_scale(img, box, size)
-    rgb = _rgb(img)
+    rgb = to_rgb(img)
     if k == 1 and min(box[2] - box[0], box[3] - box[1]) / size < OPENCV_MAX_DOWNSCALE:
         left, top, right, bottom = box
         region = np.asarray(rgb)[top:bottom, left:right]
@@ -153,7 +146,7 @@ def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     """
 
     def apply(img: Image.Image) -> torch.Tensor:
-        img = _rgb(img)
+        img = to_rgb(img)
         w, h = img.size
         s = size / min(w, h)
         nw, nh = max(size, round(w * s)), max(size, round(h * s))
