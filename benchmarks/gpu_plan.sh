@@ -11,16 +11,28 @@
 #   loader   real JPEG shards (the COCO photos at 256 px, from .whl/photos) vs synthetic through the
 #            DeepSpeed step, 15 loader workers, ViT-B/16 and ViT-B/32 (target: shards >= 90 % of synthetic)
 #   profile  torch.profiler traces of 3 steps of each loop (ViT-B/16), to $OUT
+# GPU_PLAN_SMOKE=1 runs a part's exact flags on a CPU with tiny-vit, batch 8 and 2 steps (no wheels,
+# no nvidia-smi): run it here before a GPU session, so a GPU call does not fail on plumbing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:?usage: gpu_plan.sh mfu|factors|loader|profile}
 OUT=${OUT:-/tmp/gpu_plan}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/.whl/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-bench() { python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl"; }
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 B16=(--model ViT-B-16 --batch 384 --steps 12 --warmup 4 --compile --deepspeed-config infra/deepspeed/zero2.json)
+B32=(--model ViT-B-32 --batch 768 --steps 12 --warmup 4 --compile --deepspeed-config infra/deepspeed/zero2.json)
+PHOTOS=.whl/photos SHARDS=/tmp/shards MAKE=20000 WORKERS=15
+if [ "${GPU_PLAN_SMOKE:-0}" = 1 ]; then
+  B16=(--model tiny-vit --batch 8 --steps 2 --warmup 1 --compile --deepspeed-config infra/deepspeed/zero2.json)
+  B32=("${B16[@]}")
+  PHOTOS=.whl/photos SHARDS=$OUT/shards MAKE=1000 WORKERS=2  # photos: made by benchmarks/gpu_wheels.sh
+  python3 -c "import platform; print('smoke run on', platform.processor() or 'CPU')" | tee "$OUT/device.txt"
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/.whl/site
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+fi
+bench() { python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl"; }
 case "$part" in
   mfu) bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 ;;
   factors)
@@ -33,10 +45,9 @@ case "$part" in
       bench "${B16[@]}" --mode deepspeed --data synthetic "${sets[@]}"
     done ;;
   loader)
-    shards=(--workers 15 --shards /tmp/shards --photos .whl/photos)  # real COCO photos, 256 px
+    shards=(--workers "$WORKERS" --shards "$SHARDS" --make-shards "$MAKE" --photos "$PHOTOS")  # COCO photos, 256 px
     bench "${B16[@]}" --mode deepspeed --data both "${shards[@]}"
-    bench --model ViT-B-32 --batch 768 --steps 12 --warmup 4 --compile --mode deepspeed --data both \
-      "${shards[@]}" --deepspeed-config infra/deepspeed/zero2.json ;;
+    bench "${B32[@]}" --mode deepspeed --data both "${shards[@]}" ;;
   profile) bench "${B16[@]}" --mode both --data synthetic --steps 6 --profile "$OUT/prof" ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac

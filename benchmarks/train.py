@@ -151,8 +151,9 @@ def count_host_syncs(step, batches, steps: int) -> float:
 
 
 def profile_steps(step, batches, steps: int, out: Path, name: str, device: torch.device) -> None:
-    """torch.profiler over ``steps`` steps: ``<out>/<name>.json`` (Chrome trace) and ``<name>.txt`` (ops
-    by self time, with call counts: what the DeepSpeed step adds over the bare loop)."""
+    """torch.profiler over ``steps`` steps: ``<out>/<name>.json.gz`` (Chrome trace; gzipped, as a GPU
+    trace outgrows what the device tool brings back) and ``<name>.txt`` (ops by self time, with call
+    counts: what the DeepSpeed step adds over the bare loop)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -162,7 +163,7 @@ def profile_steps(step, batches, steps: int, out: Path, name: str, device: torch
             step(*next(batches))
         if device.type == "cuda":
             torch.cuda.synchronize()
-    prof.export_chrome_trace(str(out / f"{name}.json"))
+    prof.export_chrome_trace(str(out / f"{name}.json.gz"))  # torch gzips on the suffix
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
 
