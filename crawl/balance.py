@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from crawl.balance_kernel import keep_rows
 from crawl.entries import load_entries
-from crawl.uid import draw_thresholds, splitmix64, uid_to_u64
+from crawl.uid import draw_thresholds, entry_keys, uid_to_u64
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -51,8 +51,16 @@ def _list_parts(entry_ids: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, 
     return offsets - offsets[0], flat
 
 
-def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, p: np.ndarray, seed: int) -> np.ndarray:
-    """Which rows balancing keeps (rows without entries are never kept).
+def entry_table(p: np.ndarray, seed: int) -> np.ndarray:
+    """uint64 [len(p), 2]: each entry id's hash key under ``seed`` and its integer draw threshold.
+
+    What :func:`keep_mask` looks up per pair; made once per worker (a few ms for 500,000 entries).
+    """
+    return np.stack([entry_keys(np.arange(len(p)), seed), draw_thresholds(p)], axis=1)
+
+
+def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, table: np.ndarray) -> np.ndarray:
+    """Which rows balancing keeps, under ``table`` = :func:`entry_table` (rows without entries never).
 
     Exactly the definition, row by row: kept when some pair's :func:`crawl.uid.pair_uniform` draw is
     below its entry's p (compared as integers, :func:`crawl.uid.draw_thresholds`). The pass is
@@ -62,16 +70,15 @@ def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, p: np.ndarray, seed: int)
     offsets, flat = _list_parts(entry_ids)
     if len(offsets) == 1:
         return np.zeros(0, bool)
-    if len(flat) and (flat.min() < 0 or flat.max() >= len(p)):  # compiled code checks no bounds
-        bad = int(np.flatnonzero((flat < 0) | (flat >= len(p)))[0])
+    if len(flat) and (flat.min() < 0 or flat.max() >= len(table)):  # compiled code checks no bounds
+        bad = int(np.flatnonzero((flat < 0) | (flat >= len(table)))[0])
         row = int(np.searchsorted(offsets, bad, side="right")) - 1
         raise ValueError(
-            f"row {row} holds entry_id {int(flat[bad])}, outside the {len(p):,} entries of the "
+            f"row {row} holds entry_id {int(flat[bad])}, outside the {len(table):,} entries of the "
             "probabilities (match/counts.parquet): the match parts and counts are from different "
             "runs; rerun `webclip match`"
         )
-    seed_key = splitmix64(np.full(1, seed, np.uint64))[0]
-    return keep_rows(offsets, flat, uid_to_u64(uids), seed_key, draw_thresholds(p))
+    return keep_rows(offsets, flat, uid_to_u64(uids), table)
 
 
 def expected_keep(entry_ids: pa.ListArray, p: np.ndarray) -> float:
@@ -125,10 +132,15 @@ class BalanceStage(Stage):
             )
         return p
 
+    def _entry_table(self) -> np.ndarray:
+        table = getattr(self, "_table", None)
+        if table is None:
+            table = self._table = entry_table(self._probabilities(), self.config.seed)
+        return table
+
     def process(self, task: Task, stats: Stats) -> None:
         table = self.run.read_parquet(task.payload)
-        p = self._probabilities()
-        keep = keep_mask(table.column("uid"), table.column("entry_ids"), p, self.config.seed)
+        keep = keep_mask(table.column("uid"), table.column("entry_ids"), self._entry_table())
         out = table.filter(pa.array(keep))
         stats.inc("in", len(table))
         stats.inc("out", len(out))

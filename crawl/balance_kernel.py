@@ -1,12 +1,13 @@
 """The balance decision as one compiled pass over a part's (row, entry) pairs.
 
 For each row, pairs are visited in order: a pair whose entry has ``p = 1`` keeps the row at once (no
-hash); otherwise its draw (:func:`crawl.uid.pair_draws` of :func:`crawl.uid.entry_keys`, computed
-inline) is compared with the entry's integer threshold, and the first hit ends the row. That is the
+hash); otherwise its draw (:func:`crawl.uid.pair_draws`, with the entry's key from a table made once
+per worker) is compared with the entry's integer threshold, and the first hit ends the row. That is the
 definition, "some pair's draw is below its p" (:func:`crawl.uid.pair_uniform`), computed without
 NumPy's dozen whole-array passes and per-pair temporaries and without hashing the pairs after a
-row's first hit. What is left per pair is one threshold lookup, which is a cache miss only when the
-pair's entry is rare, i.e. seldom on real captions (entry frequencies are Zipfian).
+row's first hit. What is left per pair is one SplitMix64 and one table row (key and threshold in
+one cache line), a cache miss only when the pair's entry is rare, i.e. seldom on real captions
+(entry frequencies are Zipfian).
 """
 
 from __future__ import annotations
@@ -35,24 +36,19 @@ def _splitmix64(x: np.uint64) -> np.uint64:  # crawl.uid.splitmix64 of one value
 @numba.njit(cache=True, nogil=True)
 def keep_rows(
     offsets: np.ndarray,  # int64 [n + 1], from 0
-    entries: np.ndarray,  # int32 [pairs], each in [0, len(thresholds)): compiled code checks no bounds
+    entries: np.ndarray,  # int32 [pairs], each in [0, len(table)): compiled code checks no bounds
     uid64: np.ndarray,  # uint64 [n], crawl.uid.uid_to_u64
-    seed_key: np.uint64,  # crawl.uid.splitmix64 of the seed
-    thresholds: np.ndarray,  # uint64 [entry ids], crawl.uid.draw_thresholds(p)
+    table: np.ndarray,  # uint64 [entry ids, 2]: (crawl.uid.entry_keys, crawl.uid.draw_thresholds)
 ) -> np.ndarray:
-    """bool [n]: rows with some pair drawn below its threshold (every entry id must index ``thresholds``)."""
+    """bool [n]: rows with some pair drawn below its entry's threshold."""
     n = len(offsets) - 1
     keep = np.zeros(n, np.bool_)
     for r in range(n):
         u = uid64[r]
         for j in range(offsets[r], offsets[r + 1]):
             e = entries[j]
-            threshold = thresholds[e]
-            if threshold >= SURE:
-                keep[r] = True
-                break
-            key = _splitmix64(np.uint64(e) ^ seed_key)
-            if (_splitmix64(u ^ key) >> _DRAW_SHIFT) < threshold:
+            threshold = table[e, 1]  # key and threshold side by side: one cache line per pair
+            if threshold >= SURE or (_splitmix64(u ^ table[e, 0]) >> _DRAW_SHIFT) < threshold:
                 keep[r] = True
                 break
     return keep

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from crawl.balance import BalanceStage, expected_keep, keep_mask
+from crawl.balance import BalanceStage, entry_table, expected_keep, keep_mask
 from crawl.uid import draw_thresholds, make_uid, pair_uniform, uid_to_u64
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
@@ -95,7 +95,7 @@ def test_kept_counts_within_bounds_of_min_count_t():
             uids.append(make_uid(f"https://x.org/{e}/{i}.jpg", "t"))
     p = np.array([min(1.0, t / c) for c in counts])
     entry_ids = pa.array(ids, pa.list_(pa.int32()))
-    keep = keep_mask(pa.array(uids), entry_ids, p, seed=0)
+    keep = keep_mask(pa.array(uids), entry_ids, entry_table(p, 0))
     kept = np.bincount(np.array([i[0] for i in ids])[keep], minlength=len(counts))
     for e, c in enumerate(counts):
         if c <= t:
@@ -110,7 +110,9 @@ def test_multi_entry_rows_keep_probability():
     # A row with entries of p = 0.5 and 0.2 is kept with probability 1 - 0.5 * 0.8 = 0.6.
     n = 40_000
     uids = pa.array([make_uid(f"https://x.org/{i}", "c") for i in range(n)])
-    keep = keep_mask(uids, pa.array([[0, 1]] * n, pa.list_(pa.int32())), np.array([0.5, 0.2]), seed=11)
+    keep = keep_mask(
+        uids, pa.array([[0, 1]] * n, pa.list_(pa.int32())), entry_table(np.array([0.5, 0.2]), 11)
+    )
     assert abs(keep.mean() - 0.6) < 5 * math.sqrt(0.6 * 0.4 / n)
     assert abs(expected_keep(pa.array([[0, 1]], pa.list_(pa.int32())), np.array([0.5, 0.2])) - 0.6) < 1e-12
 
@@ -134,11 +136,13 @@ def test_shortcut_for_sure_entries_decides_like_the_definition():
     uids = [make_uid(f"https://x.org/{i}", "c") for i in range(len(ids))]
     want = _plain_keep(uids, ids, p, seed=9)
     arr = pa.array(ids, pa.list_(pa.int32()))
-    assert (keep_mask(pa.array(uids), arr, p, seed=9) == want).all()
+    assert (keep_mask(pa.array(uids), arr, entry_table(p, 9)) == want).all()
     no_sure = np.minimum(p, 0.9)  # no row can take the shortcut: every pair is drawn
-    assert (keep_mask(pa.array(uids), arr, no_sure, seed=9) == _plain_keep(uids, ids, no_sure, seed=9)).all()
+    assert (
+        keep_mask(pa.array(uids), arr, entry_table(no_sure, 9)) == _plain_keep(uids, ids, no_sure, seed=9)
+    ).all()
     # a slice of the arrays (offsets not starting at 0) decides the same for its rows
-    sliced = keep_mask(pa.array(uids).slice(100, 500), arr.slice(100, 500), p, seed=9)
+    sliced = keep_mask(pa.array(uids).slice(100, 500), arr.slice(100, 500), entry_table(p, 9))
     assert (sliced == want[100:600]).all()
     assert 0 < want.sum() < len(ids)
 
@@ -149,8 +153,10 @@ def test_entry_id_outside_the_probabilities_is_a_clear_error():
     for bad in (7, -1):
         ids = pa.array([[0], [1, bad], [2]], pa.list_(pa.int32()))
         with pytest.raises(ValueError, match=rf"row 1 holds entry_id {bad}, outside the 3 entries"):
-            keep_mask(uids, ids, np.array([0.5, 0.5, 0.5]), seed=0)
-    assert keep_mask(uids.slice(0, 0), pa.array([], pa.list_(pa.int32())), np.ones(3), seed=0).shape == (0,)
+            keep_mask(uids, ids, entry_table(np.array([0.5, 0.5, 0.5]), 0))
+    assert keep_mask(
+        uids.slice(0, 0), pa.array([], pa.list_(pa.int32())), entry_table(np.ones(3), 0)
+    ).shape == (0,)
 
 
 def test_integer_thresholds_equal_float_comparison():
