@@ -33,7 +33,11 @@ _HEX_PAIR[_hi | (_lo << 8)] = (_HEX[_hi].astype(np.uint16) << 4) | _HEX[_lo]
 
 
 def uid_to_u64(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The first 64 bits of each uid as uint64 (vectorised for 32-hex uids; hashed otherwise)."""
+    """The first 64 bits of each 32-hex uid as uint64; any other string is hashed (XXH3-64) instead.
+
+    Row by row, so a uid's value never depends on the rest of its batch (balancing must decide the
+    same for any task split).
+    """
     if isinstance(uids, pa.ChunkedArray):
         uids = uids.combine_chunks() if uids.num_chunks != 1 else uids.chunk(0)
     uids = uids.cast(pa.string())
@@ -41,16 +45,27 @@ def uid_to_u64(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if n == 0:
         return np.empty(0, np.uint64)
     offsets = np.frombuffer(uids.buffers()[1], np.int32, count=n + 1, offset=uids.offset * 4)
-    if uids.null_count == 0 and np.all(np.diff(offsets) == UID_HEX_CHARS):
-        raw = np.frombuffer(uids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-        # the first 16 characters as 8 two-character pairs, each looked up as one byte value (3x
-        # faster than nibble by nibble); 8 bytes read as one big-endian uint64
-        pairs = raw.view(np.uint16).reshape(n, UID_HEX_CHARS // 2)[:, :8]
-        values = _HEX_PAIR[pairs]
-        if values.max() < 256:
-            return values.astype(np.uint8).view(">u8").ravel().astype(np.uint64)
-    # Foreign uids (any string): hash them, still deterministic.
-    return np.array([xxhash.xxh3_64_intdigest((u or "").encode()) for u in uids.to_pylist()], np.uint64)
+    raw = (
+        np.frombuffer(uids.buffers()[2], np.uint8) if uids.buffers()[2] is not None else np.zeros(0, np.uint8)
+    )
+    ok = np.diff(offsets) == UID_HEX_CHARS
+    if uids.null_count:
+        ok &= uids.is_valid().to_numpy(zero_copy_only=False)
+    # the first 16 characters as 8 two-character pairs, each looked up as one byte value (3x faster
+    # than nibble by nibble); 8 bytes read as one big-endian uint64
+    if ok.all():  # every row 32 characters: the rows are one contiguous [n, 32] block
+        pairs = raw[offsets[0] : offsets[-1]].view(np.uint16).reshape(n, UID_HEX_CHARS // 2)[:, :8]
+    else:
+        starts = np.where(ok, offsets[:-1], 0)
+        chars = raw[starts[:, None] + np.arange(16)] if ok.any() else np.zeros((n, 16), np.uint8)
+        pairs = chars.view(np.uint16)
+    values = _HEX_PAIR[pairs]
+    if values.max() >= 256:  # some non-hex character: find its rows
+        ok &= (values < 256).all(axis=1)
+    out = values.astype(np.uint8).view(">u8").ravel().astype(np.uint64)
+    for i in np.flatnonzero(~ok):  # foreign uids (any string, or null): hashed, still deterministic
+        out[i] = xxhash.xxh3_64_intdigest((uids[i].as_py() or "").encode())
+    return out
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

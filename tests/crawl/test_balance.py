@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
+import xxhash
 
 from crawl.balance import BalanceStage, entry_table, expected_keep, keep_mask
 from crawl.uid import draw_thresholds, make_uid, pair_uniform, uid_to_u64
@@ -178,7 +179,12 @@ def test_uid_to_u64_is_the_first_16_hex_digits_and_hashes_foreign_uids():
     assert got.dtype == np.uint64 and got.tolist() == [int(h[:16], 16) for h in hexes]
     # a slice of a larger array (non-zero offset) reads its own rows
     assert uid_to_u64(pa.array(hexes).slice(7, 20)).tolist() == [int(h[:16], 16) for h in hexes[7:27]]
-    # one non-hex uid: every uid of the batch is hashed instead, deterministically
-    foreign = [*hexes[:3], "g" * 32]
-    a, b = uid_to_u64(pa.array(foreign)), uid_to_u64(pa.array(foreign))
-    assert a.tolist() == b.tolist() and a[0] != int(hexes[0][:16], 16)
+    # a foreign uid (non-hex, another length, null) is hashed; the others of its batch are still
+    # read, so no uid's value depends on its batch (balancing decides the same for any task split)
+    foreign = [hexes[0], "g" * 32, hexes[1], "abc", None, "0" * 40, hexes[2]]
+    a, b = uid_to_u64(pa.array(foreign)), uid_to_u64(pa.array(foreign[::-1]))
+    assert a.tolist() == b.tolist()[::-1]
+    assert [a[0], a[2], a[6]] == [int(h[:16], 16) for h in hexes[:3]]
+    assert a[1] == xxhash.xxh3_64_intdigest(b"g" * 32) and a[3] == xxhash.xxh3_64_intdigest(b"abc")
+    assert a[5] == xxhash.xxh3_64_intdigest(b"0" * 40) and a[4] == xxhash.xxh3_64_intdigest(b"")
+    assert uid_to_u64(pa.array([None, "x"])).tolist() == [xxhash.xxh3_64_intdigest(s) for s in (b"", b"x")]
