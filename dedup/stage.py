@@ -1,4 +1,4 @@
-"""``DedupStage`` (``webclip dedup``): hash shards and eval sets in tasks, then search, verify and write clean shards.
+"""``DedupStage`` (``webclip dedup``): hash shards and eval sets in tasks, search and verify, then write clean shards in tasks.
 
 Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet`` and
 ``<run>/evalsets/<name>/hashes.parquet``. :meth:`DedupStage.finalize` then, on the driver:
@@ -12,7 +12,9 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
    scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
    (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
    ``<run>/dedup/overlaps.parquet`` with both scores;
-4. writes ``<run>/clean/NNNNN.{tar,parquet}`` and ``clean/sizes.json`` and the reconciliation
+4. writes every flagged sample's reason to ``<run>/dedup/decisions.parquet``; then
+   :class:`~dedup.clean.CleanShardsStage` writes ``<run>/clean/NNNNN.{tar,parquet}``, one Ray task
+   per shard (resumable), and ``clean/sizes.json``; last, the reconciliation
    ``<run>/dedup/summary.json`` (downloaded = clean + removed by reason).
 """
 
@@ -24,17 +26,18 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
+from dedup.clean import DECISIONS, CleanShardsStage, shard_stem
 from dedup.detect import match_views
 from dedup.hashing import hash_evalset, hash_training_samples, view_column
 from dedup.score import verify_scores
 from dedup.search import search_pairs
-from dedup.shards import TarSink, iter_samples
+from dedup.shards import iter_samples
 from dedup.verify import eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
 from dedup.views import TRAIN_VIEWS, View, eval_views
 from pipeline.errors import ConfigError
 from pipeline.evalsets import open_evalset
+from pipeline.runner import run_stage
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
@@ -71,7 +74,7 @@ class DedupStage(Stage):
             open_evalset(spec)  # fails now, with the set's name, rather than inside a task
 
     def tasks(self) -> list[Task]:
-        shards = [Task(f"shard-{_stem(p)}", ("shard", p)) for p in self.run.glob("shards/*.tar")]
+        shards = [Task(f"shard-{shard_stem(p)}", ("shard", p)) for p in self.run.glob("shards/*.tar")]
         evals = [Task(f"eval-{s.name}", ("eval", s.name)) for s in self.config.evalsets]
         return evals + shards
 
@@ -80,7 +83,7 @@ class DedupStage(Stage):
         kind, arg = task.payload
         cfg = self.config.dedup
         if kind == "shard":
-            shard = _stem(arg)
+            shard = shard_stem(arg)
             table = hash_training_samples(
                 iter_samples(self.run, arg),
                 shard,
@@ -109,7 +112,7 @@ class DedupStage(Stage):
     # ---------------------------------------------------------------- finalize
     def finalize(self, stats: Stats) -> None:
         cfg = self.config.dedup
-        shard_names = [_stem(p) for p in self.run.glob("shards/*.tar")]
+        shard_names = [shard_stem(p) for p in self.run.glob("shards/*.tar")]
         train = pa.concat_tables([self.run.read_parquet(f"hashes/{s}.parquet") for s in shard_names])
         n = train.num_rows
         status = train.column("status").to_pylist()
@@ -223,7 +226,7 @@ class DedupStage(Stage):
         # --- one row per flagged sample: why it is not (or, in mode report, would not be) in clean/
         flagged = [i for i in range(n) if reason[i]]
         self.run.write_parquet(
-            "dedup/decisions.parquet",
+            DECISIONS,
             pa.table(
                 {
                     "shard": pa.array([shards_col[i] for i in flagged], pa.string()),
@@ -235,8 +238,9 @@ class DedupStage(Stage):
             ),
         )
 
-        # --- clean shards
-        self._write_clean(shard_names, train, reason, stats)
+        # --- clean shards: one task per shard on the cluster, resumable (dedup.clean)
+        clean = run_stage(CleanShardsStage(self.config, self.run))
+        stats.inc("clean", clean.stats.counts.get("clean", 0))
         removed = Counter(r for r in reason if r)
         summary = {
             "mode": cfg.mode,
@@ -289,56 +293,11 @@ class DedupStage(Stage):
             }
         )
 
-    def _write_clean(self, shard_names: list[str], train: pa.Table, reason: list, stats: Stats) -> None:
-        mode = self.config.dedup.mode
-        by_key = {
-            (s, k): r
-            for s, k, r in zip(
-                train.column("shard").to_pylist(), train.column("key").to_pylist(), reason, strict=True
-            )
-        }
-        sizes = {}
-        for shard in tqdm(
-            shard_names, desc="[dedup] clean shards", unit="shard", file=sys.stderr, mininterval=0.5
-        ):
-            sink, kept_keys = TarSink(), []
-            for sample in iter_samples(self.run, f"shards/{shard}.tar"):
-                r = by_key.get((shard, sample.key))
-                if mode == "remove" and r is not None:
-                    continue
-                sink.add(sample)
-                kept_keys.append(sample.key)
-            self.run.write_bytes(f"clean/{shard}.tar", sink.finish())
-            sizes[shard] = sink.count
-            stats.inc("clean", sink.count)
-            self.run.write_parquet(f"clean/{shard}.parquet", self._clean_table(shard, kept_keys, by_key))
-        self.run.write_json("clean/sizes.json", sizes)
-
-    def _clean_table(self, shard: str, kept: list[str], by_key: dict) -> pa.Table:
-        """Rows of the input shard parquet for the samples in the clean tar, plus ``dedup_reason``."""
-        order = {k: i for i, k in enumerate(kept)}
-        reasons = pa.array([by_key.get((shard, k)) for k in kept], pa.string())
-        rel = f"shards/{shard}.parquet"
-        if not self.run.exists(rel):
-            return pa.table({"key": pa.array(kept, pa.string()), "dedup_reason": reasons})
-        src = self.run.read_parquet(rel)
-        src = src.filter(pc.is_in(src.column("key").cast(pa.string()), pa.array(kept, pa.string())))
-        idx = np.argsort([order[k] for k in src.column("key").cast(pa.string()).to_pylist()], kind="stable")
-        src = src.take(pa.array(idx))
-        rs = pa.array(
-            [by_key.get((shard, k)) for k in src.column("key").cast(pa.string()).to_pylist()], pa.string()
-        )
-        return src.append_column("dedup_reason", rs)
-
     def summary(self, stats: Stats) -> str:
         c = stats.counts
         return f"downloaded={c['downloaded']:,} hashed={c['hashed']:,} clean={c['clean']:,} " + " ".join(
             f"{k}={v:,}" for k, v in sorted(c.items()) if k.startswith("flagged_")
         )
-
-
-def _stem(rel: str) -> str:
-    return rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
 def _u64(col: pa.ChunkedArray) -> np.ndarray:

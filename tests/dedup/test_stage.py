@@ -163,3 +163,38 @@ def test_cropped_and_letterboxed_photos_are_found_and_verified(tmp_path, shared_
     summary = run.read_json("dedup/summary.json")
     assert summary["eval_sets"]["photos"]["profile"] == "natural"
     assert summary["removed"] == {"eval_overlap": 2}
+
+
+def test_clean_shards_are_tasks_redone_only_where_needed(
+    tmp_path, make_config, shared_data, evalset_overrides, ray_local
+):
+    """Clean shards are written by one task per shard (dedup_clean): an interrupted run redoes only
+    the shards without a marker, and a rerun whose decisions changed rewrites the shards again."""
+    from pipeline.runner import STAGE_MARKER
+
+    cfg, run = _run(make_config, tmp_path, evalset_overrides)
+    build_training_shards(tmp_path / "run", shared_data)
+    run_stage(DedupStage(cfg, run), progress=False)
+    markers = sorted(p.rsplit("/", 1)[-1] for p in run.glob("_done/dedup_clean/0*"))
+    assert [m.split(".")[0] for m in markers] == ["00000", "00001"]
+    assert all(run.read_json(f"_done/dedup_clean/{m}")["host"] for m in markers)
+    first = {s: run.read_bytes(f"clean/{s}.tar") for s in ("00000", "00001")}
+    stamp = (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns
+
+    # killed after one clean shard: the other shard's output and marker are gone
+    (tmp_path / "run/clean/00001.tar").unlink()
+    (tmp_path / f"run/_done/dedup_clean/{markers[1]}").unlink()
+    (tmp_path / f"run/_done/dedup/{STAGE_MARKER}").unlink()
+    run_stage(DedupStage(cfg, run), progress=False)
+    assert run.read_bytes("clean/00001.tar") == first["00001"]
+    assert (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns == stamp  # not rewritten
+    assert run.read_json("dedup/summary.json")["reconciles"]
+
+    # other decisions (report mode keeps every sample): every shard is rewritten
+    (tmp_path / f"run/_done/dedup/{STAGE_MARKER}").unlink()
+    report = make_config(*evalset_overrides, "dedup.mode=report", run=cfg.run)
+    run_stage(DedupStage(report, run), progress=False)
+    summary = run.read_json("dedup/summary.json")
+    assert summary["clean"] == summary["downloaded"] and summary["reconciles"]
+    assert sum(run.read_json("clean/sizes.json").values()) == summary["downloaded"]
+    assert any(len(run.read_bytes(f"clean/{s}.tar")) > len(first[s]) for s in first)  # removed ones back
