@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The training measurements that need a GPU (issue #6's targets), in parts that each fit one call of
 # the device tool (10 minutes). Prepare once here: `bash benchmarks/gpu_wheels.sh`; then per part:
-#   device run, carry [".whl"]:  bash benchmarks/gpu_plan.sh mfu|factors|loader|profile
+#   device run, carry [".whl"]:  bash benchmarks/gpu_plan.sh mfu|factors|factors2|loader|profile
 # Each part prints JSON lines (benchmarks/train.py) and keeps them in $OUT/<part>.jsonl.
 #   mfu      ViT-B/16 bf16 ZeRO-2 batch 384, compiled: bare loop vs webclip's DeepSpeed step on
 #            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU)
 #   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer, the old
-#            check_grad_overflow=true, 5e8 buckets, ZeRO-0 (FP16_UnfusedOptimizer: host syncs per
-#            parameter), ZeRO-1 with fp32 gradient accumulation (BF16_Optimizer, EVA-CLIP's setup)
+#            check_grad_overflow=true, 5e8 buckets
+#   factors2 likewise: ZeRO-2 without contiguous_gradients (~500 fewer host ops per step on tiny-vit),
+#            ZeRO-0 (FP16_UnfusedOptimizer: host syncs per parameter), ZeRO-1 with fp32 gradient
+#            accumulation (BF16_Optimizer, EVA-CLIP's setup; a third of ZeRO-2's host ops)
+# Every DeepSpeed row carries aten_ops_per_step (--count-ops), the host work a step dispatches.
 #   loader   real JPEG shards (the COCO photos at 256 px, from .whl/photos) vs synthetic through the
 #            DeepSpeed step, 15 loader workers, ViT-B/16 and ViT-B/32 (target: shards >= 90 % of synthetic)
 #   profile  torch.profiler traces of 3 steps of each loop (ViT-B/16), to $OUT
@@ -15,7 +18,7 @@
 # no nvidia-smi): run it here before a GPU session, so a GPU call does not fail on plumbing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_plan.sh mfu|factors|loader|profile}
+part=${1:?usage: gpu_plan.sh mfu|factors|factors2|loader|profile}
 OUT=${OUT:-/tmp/gpu_plan}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -34,15 +37,19 @@ else
 fi
 bench() { python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl"; }
 case "$part" in
-  mfu) bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 ;;
-  factors)
+  mfu) bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 --count-ops 3 ;;
+  factors|factors2)
     # one item per run; an item may hold several settings separated by '+'
-    for item in timers.throughput.enabled=true bf16.check_grad_overflow=true \
-        zero_optimization.reduce_bucket_size=5e8 zero_optimization.stage=0 \
-        zero_optimization.stage=1+data_types.grad_accum_dtype=fp32; do
+    if [ "$part" = factors ]; then
+      items=(timers.throughput.enabled=true bf16.check_grad_overflow=true zero_optimization.reduce_bucket_size=5e8)
+    else
+      items=(zero_optimization.contiguous_gradients=false zero_optimization.stage=0
+        zero_optimization.stage=1+data_types.grad_accum_dtype=fp32)
+    fi
+    for item in "${items[@]}"; do
       sets=(); IFS=+ read -ra parts <<<"$item"
       for s in "${parts[@]}"; do sets+=(--ds-set "$s"); done
-      bench "${B16[@]}" --mode deepspeed --data synthetic "${sets[@]}"
+      bench "${B16[@]}" --mode deepspeed --data synthetic --count-ops 3 "${sets[@]}"
     done ;;
   loader)
     shards=(--workers "$WORKERS" --shards "$SHARDS" --make-shards "$MAKE" --photos "$PHOTOS")  # COCO photos, 256 px

@@ -9,7 +9,8 @@ the model FLOPs per sample (counted with torch.utils.flop_counter on forward + b
 model-FLOPs utilisation against a bf16 matmul peak measured in the same run. The DeepSpeed step is the
 trainer's own (``accumulate_step``, the master-weight clamp, ``MetricsLog``) on an engine built from the
 resolved config as ``train.trainer.train`` builds it. ``--compile`` adds dynamo's graph-break and graph
-counts; ``--sync-debug N`` (GPU) the implicit host syncs per step torch flags; ``--profile DIR`` a
+counts; ``--sync-debug N`` (GPU) the implicit host syncs per step torch flags; ``--count-ops N`` the
+aten ops dispatched per step (host work, the same count on CPU and GPU); ``--profile DIR`` a
 torch.profiler trace and op table of 3 steps per loop.
 """
 
@@ -168,6 +169,23 @@ def profile_steps(step, batches, steps: int, out: Path, name: str, device: torch
     (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
 
 
+def count_host_ops(step, batches, steps: int) -> dict[str, float]:
+    """aten ops dispatched per step (views included), counted by torch.profiler on the host.
+
+    On a GPU each is host time (dispatch, and a launch unless it is a view); DeepSpeed's ZeRO hooks
+    and ``step()`` are Python loops over parameter tensors, so their counts depend on the number of
+    tensors, not their size, and a CPU run counts what a GPU step would dispatch.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(*next(batches))
+    names = [e.name for e in prof.events()]
+    aten = sum(n.startswith("aten::") for n in names)
+    return {"aten_ops_per_step": round(aten / steps), "item_per_step": names.count("aten::item") / steps}
+
+
 def dynamo_counts() -> dict[str, int]:
     """Graph breaks and compiled graphs so far (0 without --compile)."""
     try:
@@ -313,6 +331,13 @@ def main() -> None:
         "--profile", type=Path, default=None, metavar="DIR", help="torch.profiler traces of 3 steps"
     )
     ap.add_argument(
+        "--count-ops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="aten ops dispatched per step over N more steps (host work; CPU or GPU)",
+    )
+    ap.add_argument(
         "--ds-set",
         action="append",
         default=[],
@@ -377,6 +402,8 @@ def main() -> None:
                 row["mfu"] = round(sps * flops / (peak * 1e12), 3)
                 if args.sync_debug:
                     row["host_syncs_per_step"] = count_host_syncs(step, batches, args.sync_debug)
+            if args.count_ops:
+                row.update(count_host_ops(step, batches, args.count_ops))
             if args.compile:
                 row.update(dynamo_counts())
             if args.profile is not None:
