@@ -41,11 +41,17 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def list_shards(spec: str | list[str]) -> list[str]:
-    """Shard URLs of ``spec``: a list, a brace pattern (``a/{00000..00009}.tar``) or an fsspec glob."""
+    """Shard URLs of ``spec``: a list, a brace pattern (``a/{00000..00009}.tar``), an fsspec glob, or
+    a folder (its ``*.tar``, as ``<run>/clean`` holds them)."""
     if isinstance(spec, list):
         return list(spec)
+    parts = expand_urls(spec)
+    if len(parts) == 1 and not parts[0].startswith("pipe:") and not parts[0].endswith(".tar"):
+        fs, path = fsspec.core.url_to_fs(parts[0])
+        if not any(c in parts[0] for c in "*?[") and fs.isdir(path):  # one stat, never per shard
+            parts = [parts[0].rstrip("/") + "/*.tar"]
     urls: list[str] = []
-    for part in expand_urls(spec):
+    for part in parts:
         if part.startswith("pipe:") or not any(c in part for c in "*?["):
             urls.append(part)
             continue

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import ShardBatches, make_loader
+from train.data import ShardBatches, list_shards, make_loader
 from train.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -145,3 +145,16 @@ def test_large_png_is_box_reduced_first_and_matches_clip_crop():
     box = (10, 20, 1190, 990)
     out = crop_resize(Image.open(io.BytesIO(data)), box, 224)
     assert _mean_abs_diff(out, _clip_reference(data, box, 224)) < 1.0
+
+
+def test_list_shards_takes_a_folder_glob_brace_pattern_or_list(tmp_path):
+    for name in ("00001.tar", "00000.tar", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    want = [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar")]
+    assert list_shards(str(tmp_path)) == want  # a folder: its tars, in order (e.g. <run>/clean)
+    assert list_shards(str(tmp_path) + "/") == want
+    assert list_shards(str(tmp_path / "*.tar")) == want
+    assert list_shards(str(tmp_path / "{00000..00001}.tar")) == want
+    assert list_shards(want[::-1]) == want[::-1]
+    assert list_shards(str(tmp_path / "00000.tar")) == want[:1]
+    assert list_shards(str(tmp_path / "missing")) == [str(tmp_path / "missing")]  # a URL, opened later
