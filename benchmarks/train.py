@@ -372,6 +372,10 @@ def main() -> None:
     modes = ["bare", "deepspeed"] if args.mode == "both" else [args.mode]
     results = []
     for mode in modes:
+        if args.compile:  # dynamo's counters are per process: count each mode's graphs apart
+            from torch._dynamo.utils import counters
+
+            counters.clear()
         if mode == "bare":
             step = bare_step_fn(args.model, vocab, device, gpu, args.compile)
         else:
