@@ -8,7 +8,8 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
 2. per eval set, picks its profile (natural or line art, :meth:`DedupConfig.thresholds`) and
    searches every training view hash against every eval view hash at ``<= tau`` (exact
    multi-index hashing, :mod:`dedup.search`), keeping every view pair that matched;
-3. re-reads the candidates' images (training shards and the eval set, with the hashing decoder),
+3. re-reads the candidates' images (training shards in one task per shard,
+   :class:`~dedup.thumbs.CandidateThumbsStage`, and the eval set, with the hashing decoder),
    scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
    (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
    ``<run>/dedup/overlaps.parquet`` with both scores;
@@ -33,6 +34,7 @@ from dedup.hashing import hash_evalset, hash_training_samples, view_column
 from dedup.score import verify_scores
 from dedup.search import search_pairs
 from dedup.shards import iter_samples
+from dedup.thumbs import CANDIDATES, CandidateThumbsStage, candidates_table
 from dedup.verify import eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
 from dedup.views import TRAIN_VIEWS, View, eval_views
 from pipeline.errors import ConfigError
@@ -156,8 +158,13 @@ class DedupStage(Stage):
             near_pairs = np.stack([idx[q[later]], idx[d[later]], dist[later]], axis=1)
             needed.update(int(r) for r in near_pairs[:, :2].ravel())
 
-        # Re-read the candidates' training images from the shards (only shards that hold some).
-        thumbs, meta = train_view_thumbs(self.run, train, needed, cfg.decode_min_side, cfg.trim_tolerance)
+        # Re-read the candidates' training images: one task per shard that holds some (dedup.thumbs).
+        cand = train.select(["shard", "key"]).take(pa.array(sorted(needed), pa.int64()))
+        self.run.write_parquet(
+            CANDIDATES, candidates_table(cand.column("shard").to_pylist(), cand.column("key").to_pylist())
+        )
+        run_stage(CandidateThumbsStage(self.config, self.run))
+        thumbs, meta = train_view_thumbs(self.run, train, needed)
 
         # --- exact duplicates: later copies of the same sha256
         if cfg.exact_dups:

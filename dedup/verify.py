@@ -16,12 +16,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from dedup.decode import decode_gray
 from dedup.detect import best_view_pair
 from dedup.hashing import eval_gray, eval_thumbs
 from dedup.score import verify_scores
-from dedup.shards import iter_samples
-from dedup.views import TRAIN_VIEWS, View, train_thumbs
+from dedup.thumbs import load_thumbs
+from dedup.views import TRAIN_VIEWS, View
 from pipeline.evalsets import EvalSet
 from pipeline.rundir import RunDir
 
@@ -66,29 +65,28 @@ class ThumbStack:
         return self.stack[idx, views]
 
 
-def train_view_thumbs(
-    run: RunDir, train: pa.Table, rows: set[int], min_side: int, trim_tol: int
-) -> tuple[ThumbStack, dict[int, dict]]:
+def train_view_thumbs(run: RunDir, train: pa.Table, rows: set[int]) -> tuple[ThumbStack, dict[int, dict]]:
     """``phash``/``trim`` thumbnails and json metadata ``{row: meta}`` of the training ``rows``.
 
-    Only the shards holding a needed row are read, each once, streaming, with the hashing decoder,
-    so the thumbnails are exactly those that were hashed.
+    Read from the per-shard files the ``dedup_thumbs`` tasks wrote (:mod:`dedup.thumbs`): each
+    decoded its shard's candidates with the hashing decoder, so the thumbnails are exactly those
+    that were hashed.
     """
     shards, keys = train.column("shard").to_pylist(), train.column("key").to_pylist()
     wanted: dict[str, dict[str, int]] = {}
     for row in rows:
         wanted.setdefault(shards[row], {})[keys[row]] = row
     found: list[int] = []
-    grays: list[np.ndarray] = []
+    stacks: list[np.ndarray] = []
     meta: dict[int, dict] = {}
     for shard, by_key in sorted(wanted.items()):
-        for sample in iter_samples(run, f"shards/{shard}.tar"):
-            row = by_key.get(sample.key)
-            if row is None:
-                continue
-            grays.append(decode_gray(sample.image, min_side)[0])
-            found.append(row)
-            meta[row] = sample.meta
+        shard_keys, stack, metas = load_thumbs(run, shard)
+        for i, key in enumerate(shard_keys):
+            row = by_key.get(key)
+            if row is not None:
+                found.append(row)
+                stacks.append(stack[i])
+                meta[row] = metas[i]
     missing = set(rows) - set(found)
     if missing:
         raise RuntimeError(
@@ -96,10 +94,7 @@ def train_view_thumbs(
             f"{shards[min(missing)]}/{keys[min(missing)]}); the shards changed after hashing — rerun `webclip dedup` "
             "from scratch"
         )
-    plain, trim, _ = train_thumbs(grays, trim_tol)
-    stack = (
-        np.stack([plain, trim], axis=1) if found else np.zeros((0, len(TRAIN_VIEWS), THUMB, THUMB), np.uint8)
-    )
+    stack = np.stack(stacks) if stacks else np.zeros((0, len(TRAIN_VIEWS), THUMB, THUMB), np.uint8)
     return ThumbStack(found, stack), meta
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
 from dedup.stage import DedupStage
+from dedup.thumbs import load_thumbs
 from pipeline.errors import ConfigError
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
@@ -179,6 +181,13 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     assert [m.split(".")[0] for m in markers] == ["00000", "00001"]
     assert all(run.read_json(f"_done/dedup_clean/{m}")["host"] for m in markers)
     first = {s: run.read_bytes(f"clean/{s}.tar") for s in ("00000", "00001")}
+    # the candidates' thumbnails were read by one task per shard holding some, not by the driver
+    cand = pq.read_table(run.path("dedup/candidates.parquet")).to_pylist()
+    thumb_markers = [p.rsplit("/", 1)[-1] for p in run.glob("_done/dedup_thumbs/0*")]
+    assert sorted(m.split(".")[0] for m in thumb_markers) == sorted({c["shard"] for c in cand})
+    keys, stack, meta = load_thumbs(run, cand[0]["shard"])
+    assert cand[0]["key"] in keys and stack.shape[1:] == (2, 32, 32) and stack.dtype == np.uint8
+    assert len(meta) == len(keys) and all("url" in m for m in meta)
     stamp = (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns
 
     # killed after one clean shard: the other shard's output and marker are gone
@@ -198,3 +207,27 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     assert summary["clean"] == summary["downloaded"] and summary["reconciles"]
     assert sum(run.read_json("clean/sizes.json").values()) == summary["downloaded"]
     assert any(len(run.read_bytes(f"clean/{s}.tar")) > len(first[s]) for s in first)  # removed ones back
+
+
+def test_a_candidate_missing_from_its_shard_is_an_error(
+    tmp_path, make_config, shared_data, evalset_overrides, ray_local
+):
+    """The shards changed after hashing: the thumbnail task finds a candidate gone, and dedup stops
+    with what to do instead of verifying against nothing."""
+    from dedup.shards import TarSink, iter_samples
+    from pipeline.runner import STAGE_MARKER
+
+    cfg, run = _run(make_config, tmp_path, evalset_overrides)
+    build_training_shards(tmp_path / "run", shared_data)
+    run_stage(DedupStage(cfg, run), progress=False)
+    gone = pq.read_table(run.path("dedup/candidates.parquet")).to_pylist()[0]
+    sink = TarSink()
+    for sample in iter_samples(run, f"shards/{gone['shard']}.tar"):
+        if sample.key != gone["key"]:
+            sink.add(sample)
+    run.write_bytes(f"shards/{gone['shard']}.tar", sink.finish())
+    run.remove(f"_done/dedup/{STAGE_MARKER}")
+    for marker in run.glob("_done/dedup_thumbs/0*"):  # the shard's thumbnails are read again
+        run.remove(marker)
+    with pytest.raises(RuntimeError, match=r"no longer in their shards.*rerun `webclip dedup`"):
+        run_stage(DedupStage(cfg, run), progress=False)

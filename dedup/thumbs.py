@@ -1,0 +1,94 @@
+"""``dedup_thumbs``: the candidates' training thumbnails, one Ray task per shard that holds some.
+
+Verification compares pixels, so the training images of every candidate pair (eval overlaps and
+pool near-duplicates) are read again from their shards and decoded with the hashing decoder, giving
+exactly the thumbnails that were hashed. With pool near-duplicates on, candidates sit in nearly
+every shard, so this is a pass over the dataset: it runs on the cluster, one task per shard, each
+writing ``dedup/thumbs/<shard>.npz`` (keys, ``phash``/``trim`` thumbnails, json metadata). The
+candidates come from ``dedup/candidates.parquet`` (shard, key), written by
+:class:`~dedup.stage.DedupStage`; a task's id carries a digest of its shard's keys, so a rerun with
+other candidates redoes exactly the shards whose candidates changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from dedup.decode import decode_gray
+from dedup.shards import iter_samples
+from dedup.views import TRAIN_VIEWS, train_thumbs
+from pipeline.rundir import RunDir
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+CANDIDATES = "dedup/candidates.parquet"
+THUMB = 32
+
+
+def thumbs_path(shard: str) -> str:
+    return f"dedup/thumbs/{shard}.npz"
+
+
+class CandidateThumbsStage(Stage):
+    """Writes ``dedup/thumbs/<shard>.npz`` for the candidate samples of each shard."""
+
+    name = "dedup_thumbs"
+    resumable = False  # run by DedupStage after every search; task digests decide what is current
+    outputs = ("dedup/thumbs",)
+
+    def tasks(self) -> list[Task]:
+        cand = self.run.read_parquet(CANDIDATES, columns=["shard", "key"])
+        by_shard: dict[str, list[str]] = {}
+        for shard, key in zip(cand.column("shard").to_pylist(), cand.column("key").to_pylist(), strict=True):
+            by_shard.setdefault(shard, []).append(key)
+        tasks = []
+        for shard in sorted(by_shard):
+            keys = sorted(set(by_shard[shard]))
+            cfg = self.config.dedup
+            digest = hashlib.sha256(
+                json.dumps([cfg.decode_min_side, cfg.trim_tolerance, keys]).encode()
+            ).hexdigest()[:12]
+            tasks.append(Task(f"{shard}.{digest}", (shard, keys)))
+        return tasks
+
+    def process(self, task: Task, stats: Stats) -> None:
+        shard, keys = task.payload
+        wanted = set(keys)
+        found: list[str] = []
+        grays: list[np.ndarray] = []
+        metas: list[dict] = []
+        for sample in iter_samples(self.run, f"shards/{shard}.tar"):
+            if sample.key in wanted:
+                grays.append(decode_gray(sample.image, self.config.dedup.decode_min_side)[0])
+                found.append(sample.key)
+                metas.append(sample.meta)
+        plain, trim, _ = train_thumbs(grays, self.config.dedup.trim_tolerance)
+        stack = (
+            np.stack([plain, trim], axis=1)
+            if found
+            else np.zeros((0, len(TRAIN_VIEWS), THUMB, THUMB), np.uint8)
+        )
+        # keys and metadata as one JSON document in a byte array: no pickled objects in the file
+        index = np.frombuffer(json.dumps({"keys": found, "meta": metas}).encode(), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, stack=stack, index=index)
+        self.run.write_bytes(thumbs_path(shard), buf.getvalue())
+        stats.inc("thumbnails", len(found))
+        stats.inc("missing", len(wanted) - len(found))
+
+
+def load_thumbs(run: RunDir, shard: str) -> tuple[list[str], np.ndarray, list[dict]]:
+    """(keys, thumbnails [n, views, 32, 32] uint8, json metadata) a ``dedup_thumbs`` task wrote."""
+    with np.load(io.BytesIO(run.read_bytes(thumbs_path(shard)))) as z:
+        index = json.loads(z["index"].tobytes())
+        return index["keys"], z["stack"], index["meta"]
+
+
+def candidates_table(shards: list[str], keys: list[str]) -> pa.Table:
+    """The (shard, key) rows of ``dedup/candidates.parquet``."""
+    return pa.table({"shard": pa.array(shards, pa.string()), "key": pa.array(keys, pa.string())})
