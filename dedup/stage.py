@@ -22,7 +22,6 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
 from __future__ import annotations
 
 import sys
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +44,8 @@ from pipeline.stats import Stats
 
 #: Why a downloaded sample is not in the clean shards, in order of precedence.
 REASONS = ("no_image", "undecodable", "eval_overlap", "exact_dup", "near_dup")
+#: Each reason's code in the driver's per-sample int8 array (0: kept).
+CODE = {r: i + 1 for i, r in enumerate(REASONS)}
 
 
 class DedupStage(Stage):
@@ -117,11 +118,12 @@ class DedupStage(Stage):
         shard_names = [shard_stem(p) for p in self.run.glob("shards/*.tar")]
         train = pa.concat_tables([self.run.read_parquet(f"hashes/{s}.parquet") for s in shard_names])
         n = train.num_rows
-        status = train.column("status").to_pylist()
-        reason: list[str | None] = [
-            None if s == "ok" else ("no_image" if s == "no_image" else "undecodable") for s in status
-        ]
-        ok = np.array([r is None for r in reason])
+        # one reason code per sample (0: kept), vectorised: no per-sample Python objects on the driver
+        status = train.column("status")
+        hashed = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
+        no_image = pc.fill_null(pc.equal(status, "no_image"), False).to_numpy(zero_copy_only=False)
+        reason = np.where(hashed, 0, np.where(no_image, CODE["no_image"], CODE["undecodable"])).astype(np.int8)
+        ok = reason == 0
         train_hashes = {v.name: _u64(train.column(view_column(v.name))) for v in TRAIN_VIEWS}
         views = self._eval_views()
 
@@ -168,16 +170,17 @@ class DedupStage(Stage):
 
         # --- exact duplicates: later copies of the same sha256
         if cfg.exact_dups:
-            first_seen: dict[str, int] = {}
-            sha = train.column("sha256").to_pylist()
-            for i in range(n):
-                if ok[i] and sha[i] is not None:
-                    if sha[i] in first_seen:
-                        reason[i] = reason[i] or "exact_dup"
-                    else:
-                        first_seen[sha[i]] = i
+            sha = train.column("sha256")
+            rows = np.flatnonzero(ok & sha.is_valid().to_numpy(zero_copy_only=False))
+            # the hex digests as one fixed-width byte block, no Python strings; the first 32 hex
+            # characters (128 bits) identify an image. A row not first of its digest is a later copy.
+            hexes = sha.take(pa.array(rows)).combine_chunks().cast(pa.binary(64))
+            block = np.frombuffer(hexes.buffers()[1], np.uint8, count=len(hexes) * 64, offset=hexes.offset * 64)
+            digests = np.ascontiguousarray(block.reshape(-1, 64)[:, :32]).view("S32").ravel()
+            first = np.zeros(len(rows), bool)
+            first[np.unique(digests, return_index=True)[1]] = True
+            reason[rows[~first]] = CODE["exact_dup"]
 
-        keys, shards_col, uids = (train.column(c).to_pylist() for c in ("key", "shard", "uid"))
         for spec, ev, profile, tau, thr, pairs in candidates:
             eval_rows = {int(r) for r in np.unique(pairs["eval_row"])}
             e_thumbs = eval_view_thumbs(
@@ -189,9 +192,9 @@ class DedupStage(Stage):
             score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from)
             table, rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
             m = [meta.get(int(i), {}) for i in rows]
-            table = table.append_column("uid", pa.array([uids[i] for i in rows], pa.string()))
-            table = table.append_column("shard", pa.array([shards_col[i] for i in rows], pa.string()))
-            table = table.append_column("key", pa.array([keys[i] for i in rows], pa.string()))
+            ids = _take_strings(train, ("uid", "shard", "key"), rows)
+            for name in ("uid", "shard", "key"):
+                table = table.append_column(name, ids[name])
             table = table.append_column("url", pa.array([x.get("url") for x in m], pa.string()))
             table = table.append_column("text", pa.array([x.get("caption") for x in m], pa.string()))
             table = table.append_column(
@@ -199,9 +202,10 @@ class DedupStage(Stage):
             )
             overlap_tables.append(table)
             confirmed = table.column("confirmed").to_numpy(zero_copy_only=False)
-            for i in np.asarray(rows)[confirmed]:
-                if reason[int(i)] in (None, "exact_dup", "near_dup"):
-                    reason[int(i)] = "eval_overlap"
+            hit = np.asarray(rows, np.int64)[confirmed]
+            # an eval overlap outranks a pool duplicate, not a sample that was never hashed
+            hit = hit[np.isin(reason[hit], (0, CODE["exact_dup"], CODE["near_dup"]))]
+            reason[hit] = CODE["eval_overlap"]
             n_eval = int(pc.sum(pc.equal(ev.column("status"), "ok")).as_py() or 0)
             eval_hit = pc.filter(table.column("eval_id"), table.column("confirmed"))
             per_set[spec.name] = {
@@ -231,16 +235,16 @@ class DedupStage(Stage):
         self.run.write_parquet("dedup/pool_duplicates.parquet", pool_rows)
 
         # --- one row per flagged sample: why it is not (or, in mode report, would not be) in clean/
-        flagged = [i for i in range(n) if reason[i]]
+        flagged = np.flatnonzero(reason)
+        ids = _take_strings(train, ("shard", "key", "uid"), flagged)
+        names = np.array([None, *REASONS], dtype=object)
         self.run.write_parquet(
             DECISIONS,
             pa.table(
                 {
-                    "shard": pa.array([shards_col[i] for i in flagged], pa.string()),
-                    "key": pa.array([keys[i] for i in flagged], pa.string()),
-                    "uid": pa.array([uids[i] for i in flagged], pa.string()),
-                    "reason": pa.array([reason[i] for i in flagged], pa.string()),
-                    "removed": pa.array([cfg.mode == "remove"] * len(flagged), pa.bool_()),
+                    **ids,
+                    "reason": pa.array(names[reason[flagged]], pa.string()),
+                    "removed": pa.array(np.full(len(flagged), cfg.mode == "remove"), pa.bool_()),
                 }
             ),
         )
@@ -248,7 +252,8 @@ class DedupStage(Stage):
         # --- clean shards: one task per shard on the cluster, resumable (dedup.clean)
         clean = run_stage(CleanShardsStage(self.config, self.run))
         stats.inc("clean", clean.stats.counts.get("clean", 0))
-        removed = Counter(r for r in reason if r)
+        by_code = np.bincount(reason, minlength=len(REASONS) + 1)
+        removed = {r: int(by_code[c]) for r, c in CODE.items() if by_code[c]}
         summary = {
             "mode": cfg.mode,
             "downloaded": n,
@@ -271,28 +276,25 @@ class DedupStage(Stage):
                 file=sys.stderr,
             )
 
-    def _pool_near_dups(self, pairs, thumbs, reason, train, sha_exact: bool) -> pa.Table:
+    def _pool_near_dups(self, pairs, thumbs, reason: np.ndarray, train, sha_exact: bool) -> pa.Table:
         cfg = self.config.dedup
         keep_rows = []
         if len(pairs):
             plain = np.zeros(len(pairs), np.int64)  # view 0: phash
             score = verify_scores(thumbs.take(pairs[:, 0], plain), thumbs.take(pairs[:, 1], plain), None)
             for (i, j, dist), s in zip(pairs, score, strict=True):
-                kind = "exact" if sha_exact and reason[int(i)] == "exact_dup" else "near"
+                kind = "exact" if sha_exact and reason[i] == CODE["exact_dup"] else "near"
                 confirmed = bool(s >= cfg.pool_verify_threshold)
-                if kind == "near" and confirmed and reason[int(i)] is None:
-                    reason[int(i)] = "near_dup"
+                if kind == "near" and confirmed and reason[i] == 0:
+                    reason[i] = CODE["near_dup"]
                 keep_rows.append((int(i), int(j), int(dist), float(s), confirmed, kind))
         cols = list(zip(*keep_rows, strict=True)) if keep_rows else [[]] * 6
-        key, uid, shard = (train.column(c).to_pylist() for c in ("key", "uid", "shard"))
+        copy = _take_strings(train, ("uid", "shard", "key"), np.asarray(cols[0], np.int64))
+        first = _take_strings(train, ("uid", "shard", "key"), np.asarray(cols[1], np.int64))
         return pa.table(
             {
-                "uid": pa.array([uid[i] for i in cols[0]], pa.string()),
-                "shard": pa.array([shard[i] for i in cols[0]], pa.string()),
-                "key": pa.array([key[i] for i in cols[0]], pa.string()),
-                "dup_of_uid": pa.array([uid[j] for j in cols[1]], pa.string()),
-                "dup_of_shard": pa.array([shard[j] for j in cols[1]], pa.string()),
-                "dup_of_key": pa.array([key[j] for j in cols[1]], pa.string()),
+                **copy,
+                **{f"dup_of_{name}": col for name, col in first.items()},
                 "distance": pa.array(cols[2], pa.int16()),
                 "verify_score": pa.array(cols[3], pa.float32()),
                 "confirmed": pa.array(cols[4], pa.bool_()),
@@ -305,6 +307,12 @@ class DedupStage(Stage):
         return f"downloaded={c['downloaded']:,} hashed={c['hashed']:,} clean={c['clean']:,} " + " ".join(
             f"{k}={v:,}" for k, v in sorted(c.items()) if k.startswith("flagged_")
         )
+
+
+def _take_strings(train: pa.Table, names: tuple[str, ...], rows) -> dict[str, pa.Array]:
+    """``{name: string array}`` of the ``rows`` of ``train`` (only those rows become values)."""
+    picked = train.select(list(names)).take(pa.array(np.asarray(rows, np.int64), pa.int64()))
+    return {name: picked.column(name).combine_chunks().cast(pa.string()) for name in names}
 
 
 def _u64(col: pa.ChunkedArray) -> np.ndarray:

@@ -231,3 +231,36 @@ def test_a_candidate_missing_from_its_shard_is_an_error(
         run.remove(marker)
     with pytest.raises(RuntimeError, match=r"no longer in their shards.*rerun `webclip dedup`"):
         run_stage(DedupStage(cfg, run), progress=False)
+
+
+def test_pool_near_duplicate_is_verified_and_removed(
+    tmp_path, make_config, shared_data, evalset_overrides, ray_local
+):
+    """A resized, re-encoded copy of a training photo in a later shard is a confirmed pool
+    near-duplicate: removed as ``near_dup``, listed with the copy it duplicates; the byte-identical
+    copy is listed as ``exact``."""
+    from PIL import Image
+
+    from tests.dedup.conftest import jpeg, write_shard
+
+    cfg, run = _run(make_config, tmp_path, evalset_overrides)
+    expect = build_training_shards(tmp_path / "run", shared_data)
+    photo = sorted((shared_data / "photos").rglob("*.jpg"))[0]  # the fixture's first clean photo
+    img = Image.open(photo).convert("RGB")
+    img.thumbnail((160, 160))
+    near = img.resize((img.width * 4 // 5, img.height * 4 // 5), Image.BICUBIC)
+    row = dict(key="000020000", uid="unear", url="http://img.test/near.jpg", caption="a copy", entry_ids=[7])
+    write_shard(tmp_path / "run", 2, [{**row, "jpg": jpeg(near, 70)}])
+    run_stage(DedupStage(cfg, run), progress=False)
+
+    dups = pq.read_table(run.path("dedup/pool_duplicates.parquet")).to_pylist()
+    by_key = {d["key"]: d for d in dups}
+    assert by_key["000020000"]["confirmed"] and by_key["000020000"]["kind"] == "near"
+    assert by_key["000020000"]["dup_of_key"] == expect["clean"][0]
+    assert by_key["000020000"]["verify_score"] >= cfg.dedup.pool_verify_threshold
+    assert by_key[expect["exact_dup"][0]]["kind"] == "exact"
+    decisions = {d["key"]: d["reason"] for d in pq.read_table(run.path("dedup/decisions.parquet")).to_pylist()}
+    assert decisions["000020000"] == "near_dup" and decisions[expect["exact_dup"][0]] == "exact_dup"
+    summary = run.read_json("dedup/summary.json")
+    assert summary["removed"]["near_dup"] == 1 and summary["reconciles"]
+    assert run.read_json("clean/sizes.json")["00002"] == 0
