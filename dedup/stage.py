@@ -165,7 +165,7 @@ class DedupStage(Stage):
         self.run.write_parquet(
             CANDIDATES, candidates_table(cand.column("shard").to_pylist(), cand.column("key").to_pylist())
         )
-        run_stage(CandidateThumbsStage(self.config, self.run))
+        run_stage(CandidateThumbsStage(self.config, self.run), progress=self.progress)
         thumbs, meta = train_view_thumbs(self.run, train, needed)
 
         # --- exact duplicates: later copies of the same sha256
@@ -250,7 +250,7 @@ class DedupStage(Stage):
         )
 
         # --- clean shards: one task per shard on the cluster, resumable (dedup.clean)
-        clean = run_stage(CleanShardsStage(self.config, self.run))
+        clean = run_stage(CleanShardsStage(self.config, self.run), progress=self.progress)
         stats.inc("clean", clean.stats.counts.get("clean", 0))
         by_code = np.bincount(reason, minlength=len(REASONS) + 1)
         removed = {r: int(by_code[c]) for r, c in CODE.items() if by_code[c]}

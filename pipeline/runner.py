@@ -181,6 +181,7 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
     Raises :class:`~pipeline.errors.StageFailed` (after writing stats) if tasks failed after retries.
     """
     run, name = stage.run, stage.name
+    stage.progress = progress
     if stage.resumable and not force and run.is_done(name, STAGE_MARKER):
         saved = run.read_json(run.stats_path(name)) if run.exists(run.stats_path(name)) else {}
         print(f"[{name}] already complete, skipped (delete {run.full_url('_done', name)} to redo)", file=sys.stderr)

@@ -37,6 +37,9 @@ class Stage:
     #: Run-relative folders and files the stage writes; the runner removes temporaries a killed run
     #: left there before the stage runs again.
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: Whether progress bars show; the runner sets it per run, and a stage that runs sub-stages
+    #: (dedup's per-shard passes) hands it on.
+    progress: bool = True
 
     def __init__(self, config: WebclipConfig, run: RunDir):
         self.config = config
