@@ -52,3 +52,44 @@ def keep_rows(
                 keep[r] = True
                 break
     return keep
+
+
+UNDECIDED = 2  # keep_rows_hex: the row's uid is not hex, decide it with keep_rows on its hashed uid
+
+
+@numba.njit(cache=True, nogil=True)
+def keep_rows_hex(
+    offsets: np.ndarray,  # int64 [n + 1], from 0
+    entries: np.ndarray,  # int32 [pairs], each in [0, len(table)): compiled code checks no bounds
+    uid_chars: np.ndarray,  # uint8 [n, >= 16]: each uid's characters (32-hex uids)
+    hex_values: np.ndarray,  # uint8 [256]: a character's hex value, 255 if it is none
+    table: np.ndarray,  # uint64 [entry ids, 2]: (crawl.uid.entry_keys, crawl.uid.draw_thresholds)
+) -> np.ndarray:
+    """int8 [n]: :func:`keep_rows` reading each uid's first 16 hex digits itself, only for rows that
+    need a draw (a row kept by an entry at p = 1 never parses its uid). 1 kept, 0 not,
+    :data:`UNDECIDED` for a row that needed its uid and holds a non-hex character there."""
+    n = len(offsets) - 1
+    state = np.zeros(n, np.int8)
+    for r in range(n):
+        u = np.uint64(0)
+        parsed = False
+        for j in range(offsets[r], offsets[r + 1]):
+            e = entries[j]
+            threshold = table[e, 1]
+            if threshold >= SURE:
+                state[r] = 1
+                break
+            if not parsed:  # crawl.uid.uid_to_u64: the first 16 characters, big-endian
+                bad = False
+                for c in range(16):
+                    v = hex_values[uid_chars[r, c]]
+                    bad |= v == 255
+                    u = (u << np.uint64(4)) | np.uint64(v & 15)
+                if bad:
+                    state[r] = UNDECIDED
+                    break
+                parsed = True
+            if (_splitmix64(u ^ table[e, 0]) >> _DRAW_SHIFT) < threshold:
+                state[r] = 1
+                break
+    return state

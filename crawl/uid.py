@@ -20,11 +20,13 @@ def make_uid(url: str, text: str) -> str:
     return xxhash.xxh3_128_hexdigest(f"{url}\x00{text}".encode("utf-8", "surrogatepass"))
 
 
-_HEX = np.full(256, 255, dtype=np.uint8)
+#: Each byte's hex digit value, 255 for a byte that is not a hex digit.
+HEX_VALUES = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
+    HEX_VALUES[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
+    HEX_VALUES[_c] = 10 + _i
+_HEX = HEX_VALUES
 # two hex characters read as one little-endian uint16 -> their byte value, 256 if either is not hex
 _HEX_PAIR = np.full(1 << 16, 256, np.uint16)
 _valid = np.flatnonzero(_HEX != 255)

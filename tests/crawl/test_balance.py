@@ -146,6 +146,16 @@ def test_shortcut_for_sure_entries_decides_like_the_definition():
     sliced = keep_mask(pa.array(uids).slice(100, 500), arr.slice(100, 500), entry_table(p, 9))
     assert (sliced == want[100:600]).all()
     assert 0 < want.sum() < len(ids)
+    # foreign uids (32 non-hex characters, other lengths) are drawn on their hashed value, row by row
+    odd = list(uids)
+    for i in range(0, len(odd), 7):
+        odd[i] = ("g" * 32) if i % 2 else f"x{i}"
+    got = keep_mask(pa.array(odd), arr, entry_table(no_sure, 9))  # not all 32 long: uid_to_u64 first
+    assert (got == _plain_keep(odd, ids, no_sure, seed=9)).all()
+    # all 32 long, some not hex: the kernel reads the hex ones and leaves the others to their hash
+    thirty_two = [("g" * 16 + u[16:]) if i % 5 == 0 else u for i, u in enumerate(uids)]
+    got = keep_mask(pa.array(thirty_two), arr, entry_table(no_sure, 9))
+    assert (got == _plain_keep(thirty_two, ids, no_sure, seed=9)).all()
 
 
 def test_entry_id_outside_the_probabilities_is_a_clear_error():
