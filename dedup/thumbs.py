@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from dedup.decode import decode_gray
+from dedup.phash import THUMB
 from dedup.shards import iter_samples
 from dedup.views import TRAIN_VIEWS, train_thumbs
 from pipeline.rundir import RunDir
@@ -27,7 +28,6 @@ from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
 CANDIDATES = "dedup/candidates.parquet"
-THUMB = 32
 
 
 def thumbs_path(shard: str) -> str:
@@ -46,10 +46,9 @@ class CandidateThumbsStage(Stage):
         by_shard: dict[str, list[str]] = {}
         for shard, key in zip(cand.column("shard").to_pylist(), cand.column("key").to_pylist(), strict=True):
             by_shard.setdefault(shard, []).append(key)
-        tasks = []
+        cfg, tasks = self.config.dedup, []
         for shard in sorted(by_shard):
             keys = sorted(set(by_shard[shard]))
-            cfg = self.config.dedup
             digest = hashlib.sha256(
                 json.dumps([cfg.decode_min_side, cfg.trim_tolerance, keys]).encode()
             ).hexdigest()[:12]
