@@ -19,6 +19,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from dedup.clean import drop_stale_markers
 from dedup.decode import decode_gray
 from dedup.phash import THUMB
 from dedup.shards import iter_samples
@@ -79,6 +80,10 @@ class CandidateThumbsStage(Stage):
         self.run.write_bytes(thumbs_path(shard), buf.getvalue())
         stats.inc("thumbnails", len(found))
         stats.inc("missing", len(wanted) - len(found))
+
+
+    def finalize(self, stats: Stats) -> None:
+        drop_stale_markers(self, self.tasks())
 
 
 def load_thumbs(run: RunDir, shard: str) -> tuple[list[str], np.ndarray, list[dict]]:

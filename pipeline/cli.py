@@ -142,28 +142,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def status(url: str) -> str:
-    """A table of the stages of the run at ``url``: done or not, tasks, counts, failures."""
-    from pipeline.runner import STAGE_MARKER
+    """A table of the stages of the run at ``url``: done or not, tasks, counts, failures.
 
+    Sub-stages a stage runs itself (extract's uid passes, dedup's per-shard ``dedup_thumbs`` and
+    ``dedup_clean``) follow their stage, indented, so an interrupted pass shows how far it got.
+    """
     run = RunDir(url)
     if not run.exists(RunDir.CONFIG):
         raise ConfigError(f"{url!r} is not a webclip run directory (no config.yaml); check the --run URL")
     lines = [f"run {run.url}"]
+    subs = sorted({p.split("/")[1] for p in run.glob("_done/*")} - set(STAGE_ORDER))
     for name in STAGE_ORDER:
-        done = run.is_done(name, STAGE_MARKER)
-        tasks_done = len(run.done_tasks(name) - {STAGE_MARKER})
-        failed = run.glob(f"_failed/{name}/*.json")
-        stats = run.read_json(run.stats_path(name)) if run.exists(run.stats_path(name)) else None
-        state = "done" if done else ("failed" if failed else ("partial" if tasks_done else "not run"))
-        line = f"  {name:<9} {state:<8} tasks done={tasks_done}"
-        if stats:
-            counts = " ".join(f"{k}={v:,}" for k, v in stats.get("counts", {}).items())
-            dropped = sum(stats.get("dropped", {}).values())
-            line += f" {counts} dropped={dropped:,} wall={stats.get('wall_seconds', 0):.1f}s"
-        lines.append(line)
-        for f in failed:
-            lines.append(f"      failed {f.rsplit('/', 1)[-1][:-5]}: {run.read_json(f)['error']}")
+        lines += _stage_status(run, name, indent="  ")
+        for sub in subs:  # named after their stage: dedup_clean, extract.uids
+            if sub.startswith((f"{name}_", f"{name}.")):
+                lines += _stage_status(run, sub, indent="    ")
     return "\n".join(lines)
+
+
+def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
+    from pipeline.runner import STAGE_MARKER
+
+    done = run.is_done(name, STAGE_MARKER)
+    tasks_done = len(run.done_tasks(name) - {STAGE_MARKER})
+    failed = run.glob(f"_failed/{name}/*.json")
+    stats = run.read_json(run.stats_path(name)) if run.exists(run.stats_path(name)) else None
+    state = "done" if done else ("failed" if failed else ("partial" if tasks_done else "not run"))
+    line = f"{indent}{name:<{18 - len(indent)}} {state:<8} tasks done={tasks_done}"
+    if stats:
+        counts = " ".join(f"{k}={v:,}" for k, v in stats.get("counts", {}).items())
+        dropped = sum(stats.get("dropped", {}).values())
+        line += f" {counts} dropped={dropped:,} wall={stats.get('wall_seconds', 0):.1f}s"
+    lines = [line]
+    for f in failed:
+        lines.append(f"{indent}    failed {f.rsplit('/', 1)[-1][:-5]}: {run.read_json(f)['error']}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import webdataset as wds
 
 from dedup.stage import DedupStage
 from dedup.thumbs import load_thumbs
+from pipeline.cli import prepare_run, status
 from pipeline.errors import ConfigError
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
@@ -207,6 +208,11 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     assert summary["clean"] == summary["downloaded"] and summary["reconciles"]
     assert sum(run.read_json("clean/sizes.json").values()) == summary["downloaded"]
     assert any(len(run.read_bytes(f"clean/{s}.tar")) > len(first[s]) for s in first)  # removed ones back
+    # `webclip status` lists the passes under dedup, counting only the current tasks' markers
+    prepare_run(report)  # what the CLI writes first: config.yaml marks a run directory
+    lines = {line.split()[0]: line for line in status(run.url).splitlines()[1:]}
+    assert lines["dedup_clean"].startswith("    ") and "tasks done=2 clean=24" in lines["dedup_clean"]
+    assert "done" in lines["dedup_thumbs"] and lines["dedup"].startswith("  dedup ")
 
 
 def test_a_candidate_missing_from_its_shard_is_an_error(
