@@ -160,14 +160,6 @@ class DedupStage(Stage):
             near_pairs = np.stack([idx[q[later]], idx[d[later]], dist[later]], axis=1)
             needed.update(int(r) for r in near_pairs[:, :2].ravel())
 
-        # Re-read the candidates' training images: one task per shard that holds some (dedup.thumbs).
-        cand = train.select(["shard", "key"]).take(pa.array(sorted(needed), pa.int64()))
-        self.run.write_parquet(
-            CANDIDATES, candidates_table(cand.column("shard").to_pylist(), cand.column("key").to_pylist())
-        )
-        run_stage(CandidateThumbsStage(self.config, self.run), progress=self.progress)
-        thumbs, meta = train_view_thumbs(self.run, train, needed)
-
         # --- exact duplicates: later copies of the same sha256
         if cfg.exact_dups:
             sha = train.column("sha256")
@@ -180,6 +172,19 @@ class DedupStage(Stage):
             first = np.zeros(len(rows), bool)
             first[np.unique(digests, return_index=True)[1]] = True
             reason[rows[~first]] = CODE["exact_dup"]
+            del sha, hexes, block, digests
+        # from here on only the identifiers are read, for candidate and flagged rows: drop the rest
+        # (sha256 and status were most of the table's memory)
+        del status
+        train = train.select(["shard", "key", "uid"])
+
+        # Re-read the candidates' training images: one task per shard that holds some (dedup.thumbs).
+        cand = train.select(["shard", "key"]).take(pa.array(sorted(needed), pa.int64()))
+        self.run.write_parquet(
+            CANDIDATES, candidates_table(cand.column("shard").to_pylist(), cand.column("key").to_pylist())
+        )
+        run_stage(CandidateThumbsStage(self.config, self.run), progress=self.progress)
+        thumbs, meta = train_view_thumbs(self.run, train, needed)
 
         for spec, ev, profile, tau, thr, pairs in candidates:
             eval_rows = {int(r) for r in np.unique(pairs["eval_row"])}
