@@ -2,7 +2,8 @@
 # The training measurements that need a GPU (issue #6's targets), in parts that each fit one call of
 # the device tool (10 minutes). Prepare once here: `bash benchmarks/gpu_wheels.sh`; then per part:
 #   device run, carry [".whl"]:  bash benchmarks/gpu_plan.sh mfu|factors|factors2|loader|profile
-# Each part prints JSON lines (benchmarks/train.py) and keeps them in $OUT/<part>.jsonl.
+# Each part prints JSON lines (benchmarks/train.py) and keeps them in $OUT/<part>.jsonl;
+# `python benchmarks/gpu_report.py <files_at>/*.jsonl` turns them into one Markdown table.
 #   mfu      ViT-B/16 bf16 ZeRO-2 batch 384, compiled: bare loop vs webclip's DeepSpeed step on
 #            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU)
 #   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer, the old
