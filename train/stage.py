@@ -37,6 +37,14 @@ def _stop(p: subprocess.Popen) -> None:
             p.wait(timeout=wait)
 
 
+#: What ``train/main.py``'s exit codes mean, for the stage's failure message.
+TRAINER_EXITS = {
+    2: "the trainer refused its configuration (its message is above); fix the train: settings and rerun",
+    3: "training diverged (the trainer's message above names the step); lower train.lr or raise "
+    "train.warmup, with train.resume=false to start over rather than from the last checkpoint",
+}
+
+
 class TrainStage(Stage):
     """One task: run the distributed trainer with the configured launcher; resumable from checkpoints."""
 
@@ -111,7 +119,7 @@ class TrainStage(Stage):
                 _stop(p)
                 raise
         if rc != 0:
-            raise RuntimeError(f"trainer exited with status {rc}: {' '.join(cmd)}")
+            raise RuntimeError(f"trainer exited with status {rc}: {TRAINER_EXITS.get(rc, 'its output is above')}")
         out = self.run.local_path(self.run.TRAIN)
         data = (
             json.loads((out / "data_stats.json").read_text()) if (out / "data_stats.json").is_file() else {}
