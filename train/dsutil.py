@@ -138,6 +138,24 @@ def cosine_with_warmup(step: int, total: int, warmup: int, base_lr: float, min_l
     return lr / base_lr
 
 
+def apply_lr_schedule(optimizer: Any, scheduler: Any, base_lr: float) -> float:
+    """Put the configured schedule (``base_lr``) back after a checkpoint load; returns the checkpoint's.
+
+    A ``LambdaLR`` checkpoint restores its base learning rates, so a resume with a lowered
+    ``train.lr`` (the usual answer to a diverged run) would go on at the old one, silently. Here the
+    configuration decides, as in open_clip, whose schedule is a function of its arguments: each
+    group's rate becomes ``base_lr`` times this config's multiplier at the restored step. With an
+    unchanged config this is exactly the restored rate.
+    """
+    old = float(scheduler.base_lrs[0])
+    scheduler.base_lrs = [base_lr] * len(optimizer.param_groups)
+    for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * multiplier(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return old
+
+
 def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
     """Clamp ``logit_scale`` to ``max_log_scale`` on the master (fp32) weights *and* the module's copy.
 

@@ -41,7 +41,8 @@ def _stop(p: subprocess.Popen) -> None:
 TRAINER_EXITS = {
     2: "the trainer refused its configuration (its message is above); fix the train: settings and rerun",
     3: "training diverged (the trainer's message above names the step); lower train.lr or raise "
-    "train.warmup, with train.resume=false to start over rather than from the last checkpoint",
+    "train.warmup and rerun: it resumes from the last checkpoint at the new rate (train.resume=false "
+    "starts over)",
 }
 
 

@@ -23,6 +23,7 @@ from train.config import TrainConfig
 from train.data import DataPosition, ShardBatches, list_shards, make_loader
 from train.dsutil import (
     adamw,
+    apply_lr_schedule,
     clamp_logit_scale,
     cosine_with_warmup,
     engine_config,
@@ -206,6 +207,9 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         _, client = engine.load_checkpoint(str(ckpt_dir))
         client = client or {}
         step = int(client.get("step", 0))
+        saved_lr = apply_lr_schedule(engine.optimizer, engine.lr_scheduler, tc.lr)
+        if saved_lr != tc.lr:
+            log0(rank, f"train.lr is {tc.lr:g}, the checkpoint's {saved_lr:g}: the schedule goes on at the new rate")
         states = client.get("data", [])
         if len(states) == world:
             data_state = states[rank]
