@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crawl.balance_kernel import UNDECIDED, keep_rows, keep_rows_hex
+from crawl.balance_kernel import UNDECIDED, keep_rows
 from crawl.entries import load_entries
-from crawl.uid import HEX_VALUES, UID_HEX_CHARS, draw_thresholds, entry_keys, uid_to_u64
+from crawl.uid import HEX_VALUES, draw_thresholds, entry_keys, u64_hex, uid_block, uid_to_u64
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -78,39 +78,16 @@ def keep_mask(uids: pa.Array, entry_ids: pa.ListArray, table: np.ndarray) -> np.
             "probabilities (match/counts.parquet): the match parts and counts are from different "
             "runs; rerun `webclip match`"
         )
-    chars = _uid_chars(uids, len(offsets) - 1)
-    if chars is None:  # some uid is not 32 characters: read or hash every uid first
-        return keep_rows(offsets, flat, uid_to_u64(uids), table)
-    # the kernel reads a uid only when its row needs a draw; a row whose uid turns out not to be
-    # hex is decided after, on its hashed uid, exactly as uid_to_u64 defines it
-    state = keep_rows_hex(offsets, flat, chars, HEX_VALUES, table)
-    foreign = np.flatnonzero(state == UNDECIDED)
-    if len(foreign):
-        lengths = np.diff(offsets)[foreign]
-        sub_offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-        sub_flat = np.concatenate([flat[offsets[r] : offsets[r + 1]] for r in foreign])
-        sub_uid64 = uid_to_u64(_string_array(uids).take(pa.array(foreign)))
-        state[foreign] = keep_rows(sub_offsets, sub_flat, sub_uid64, table)
+    if len(uids) != len(offsets) - 1:
+        raise ValueError(f"{len(uids)} uids for {len(offsets) - 1} rows of entry ids")
+    # the kernel reads a row's uid only when the row needs a draw
+    chars = uid_block(uids)
+    if chars is None:  # some uid is not 32 characters: every row drawn by its uid_to_u64 value
+        chars = u64_hex(uid_to_u64(uids))
+    state = keep_rows(offsets, flat, chars, HEX_VALUES, table)
+    if (state == UNDECIDED).any():  # 32 characters but not hex (rare): drawn by their hashes
+        state = keep_rows(offsets, flat, u64_hex(uid_to_u64(uids)), HEX_VALUES, table)
     return state == 1
-
-
-def _string_array(uids: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(uids, pa.ChunkedArray):
-        uids = uids.combine_chunks() if uids.num_chunks != 1 else uids.chunk(0)
-    return uids.cast(pa.string())
-
-
-def _uid_chars(uids: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray | None:
-    """uint8 [n, 32]: the uids' characters, zero-copy, when every uid has exactly 32; else None."""
-    uids = _string_array(uids)
-    if len(uids) != n:
-        raise ValueError(f"{len(uids)} uids for {n} rows of entry ids")
-    if uids.null_count or n == 0:
-        return None
-    offsets = np.frombuffer(uids.buffers()[1], np.int32, count=n + 1, offset=uids.offset * 4)
-    if not np.all(np.diff(offsets) == UID_HEX_CHARS):
-        return None
-    return np.frombuffer(uids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(n, UID_HEX_CHARS)
 
 
 def expected_keep(entry_ids: pa.ListArray, p: np.ndarray) -> float:

@@ -33,41 +33,23 @@ def _splitmix64(x: np.uint64) -> np.uint64:  # crawl.uid.splitmix64 of one value
     return x ^ (x >> _S31)
 
 
+UNDECIDED = 2  # keep_rows: the row needed its uid, and the uid is not hex
+
+
 @numba.njit(cache=True, nogil=True)
 def keep_rows(
     offsets: np.ndarray,  # int64 [n + 1], from 0
     entries: np.ndarray,  # int32 [pairs], each in [0, len(table)): compiled code checks no bounds
-    uid64: np.ndarray,  # uint64 [n], crawl.uid.uid_to_u64
-    table: np.ndarray,  # uint64 [entry ids, 2]: (crawl.uid.entry_keys, crawl.uid.draw_thresholds)
-) -> np.ndarray:
-    """bool [n]: rows with some pair drawn below its entry's threshold."""
-    n = len(offsets) - 1
-    keep = np.zeros(n, np.bool_)
-    for r in range(n):
-        u = uid64[r]
-        for j in range(offsets[r], offsets[r + 1]):
-            e = entries[j]
-            threshold = table[e, 1]  # key and threshold side by side: one cache line per pair
-            if threshold >= SURE or (_splitmix64(u ^ table[e, 0]) >> _DRAW_SHIFT) < threshold:
-                keep[r] = True
-                break
-    return keep
-
-
-UNDECIDED = 2  # keep_rows_hex: the row's uid is not hex, decide it with keep_rows on its hashed uid
-
-
-@numba.njit(cache=True, nogil=True)
-def keep_rows_hex(
-    offsets: np.ndarray,  # int64 [n + 1], from 0
-    entries: np.ndarray,  # int32 [pairs], each in [0, len(table)): compiled code checks no bounds
-    uid_chars: np.ndarray,  # uint8 [n, >= 16]: each uid's characters (32-hex uids)
+    uid_chars: np.ndarray,  # uint8 [n, >= 16]: each uid's characters (crawl.uid.uid_block or u64_hex)
     hex_values: np.ndarray,  # uint8 [256]: a character's hex value, 255 if it is none
     table: np.ndarray,  # uint64 [entry ids, 2]: (crawl.uid.entry_keys, crawl.uid.draw_thresholds)
 ) -> np.ndarray:
-    """int8 [n]: :func:`keep_rows` reading each uid's first 16 hex digits itself, only for rows that
-    need a draw (a row kept by an entry at p = 1 never parses its uid). 1 kept, 0 not,
-    :data:`UNDECIDED` for a row that needed its uid and holds a non-hex character there."""
+    """int8 [n]: 1 for rows with some pair drawn below its entry's threshold, else 0; or
+    :data:`UNDECIDED` for a row that needed a draw and whose uid's first 16 characters are not hex.
+
+    A row's uid is read (its first 16 hex digits, as :func:`crawl.uid.uid_to_u64`) only when the row
+    needs a draw: a row kept by an entry at p = 1 never parses its uid.
+    """
     n = len(offsets) - 1
     state = np.zeros(n, np.int8)
     for r in range(n):

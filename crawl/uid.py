@@ -26,12 +26,38 @@ for _i, _c in enumerate(b"0123456789abcdef"):
     HEX_VALUES[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
     HEX_VALUES[_c] = 10 + _i
-_HEX = HEX_VALUES
 # two hex characters read as one little-endian uint16 -> their byte value, 256 if either is not hex
 _HEX_PAIR = np.full(1 << 16, 256, np.uint16)
-_valid = np.flatnonzero(_HEX != 255)
+_valid = np.flatnonzero(HEX_VALUES != 255)
 _hi, _lo = (a.ravel() for a in np.meshgrid(_valid, _valid, indexing="ij"))
-_HEX_PAIR[_hi | (_lo << 8)] = (_HEX[_hi].astype(np.uint16) << 4) | _HEX[_lo]
+_HEX_PAIR[_hi | (_lo << 8)] = (HEX_VALUES[_hi].astype(np.uint16) << 4) | HEX_VALUES[_lo]
+
+
+def as_string_array(uids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous ``string`` array of ``uids``."""
+    if isinstance(uids, pa.ChunkedArray):
+        uids = uids.combine_chunks() if uids.num_chunks != 1 else uids.chunk(0)
+    return uids.cast(pa.string())
+
+
+def uid_block(uids: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """uint8 [n, 32]: the uids' characters, zero-copy, when every uid has exactly 32 (None otherwise)."""
+    uids = as_string_array(uids)
+    n = len(uids)
+    if n == 0 or uids.null_count:
+        return None
+    offsets = np.frombuffer(uids.buffers()[1], np.int32, count=n + 1, offset=uids.offset * 4)
+    if not np.all(np.diff(offsets) == UID_HEX_CHARS):
+        return None
+    return np.frombuffer(uids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(n, UID_HEX_CHARS)
+
+
+def u64_hex(values: np.ndarray) -> np.ndarray:
+    """uint8 [n, 16]: each value's 16 lower-case hex digits, the characters :func:`uid_to_u64` reads back."""
+    shifts = np.arange(60, -1, -4, dtype=np.uint64)
+    return np.frombuffer(b"0123456789abcdef", np.uint8)[
+        (values.astype(np.uint64)[:, None] >> shifts) & np.uint64(15)
+    ]
 
 
 def uid_to_u64(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -40,24 +66,23 @@ def uid_to_u64(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     Row by row, so a uid's value never depends on the rest of its batch (balancing must decide the
     same for any task split).
     """
-    if isinstance(uids, pa.ChunkedArray):
-        uids = uids.combine_chunks() if uids.num_chunks != 1 else uids.chunk(0)
-    uids = uids.cast(pa.string())
+    uids = as_string_array(uids)
     n = len(uids)
     if n == 0:
         return np.empty(0, np.uint64)
-    offsets = np.frombuffer(uids.buffers()[1], np.int32, count=n + 1, offset=uids.offset * 4)
-    raw = (
-        np.frombuffer(uids.buffers()[2], np.uint8) if uids.buffers()[2] is not None else np.zeros(0, np.uint8)
-    )
-    ok = np.diff(offsets) == UID_HEX_CHARS
-    if uids.null_count:
-        ok &= uids.is_valid().to_numpy(zero_copy_only=False)
     # the first 16 characters as 8 two-character pairs, each looked up as one byte value (3x faster
     # than nibble by nibble); 8 bytes read as one big-endian uint64
-    if ok.all():  # every row 32 characters: the rows are one contiguous [n, 32] block
-        pairs = raw[offsets[0] : offsets[-1]].view(np.uint16).reshape(n, UID_HEX_CHARS // 2)[:, :8]
-    else:
+    block = uid_block(uids)
+    if block is not None:  # every row 32 characters: one contiguous [n, 32] block, no copy
+        ok = np.ones(n, bool)
+        pairs = block.reshape(-1).view(np.uint16).reshape(n, UID_HEX_CHARS // 2)[:, :8]
+    else:  # the 32-character rows' first 16 characters; the others are hashed below
+        offsets = np.frombuffer(uids.buffers()[1], np.int32, count=n + 1, offset=uids.offset * 4)
+        data = uids.buffers()[2]
+        raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+        ok = np.diff(offsets) == UID_HEX_CHARS
+        if uids.null_count:
+            ok &= uids.is_valid().to_numpy(zero_copy_only=False)
         starts = np.where(ok, offsets[:-1], 0)
         chars = raw[starts[:, None] + np.arange(16)] if ok.any() else np.zeros((n, 16), np.uint8)
         pairs = chars.view(np.uint16)

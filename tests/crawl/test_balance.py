@@ -11,7 +11,7 @@ import pytest
 import xxhash
 
 from crawl.balance import BalanceStage, entry_table, expected_keep, keep_mask
-from crawl.uid import draw_thresholds, make_uid, pair_uniform, uid_to_u64
+from crawl.uid import draw_thresholds, make_uid, pair_uniform, u64_hex, uid_to_u64
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
 
@@ -198,3 +198,7 @@ def test_uid_to_u64_is_the_first_16_hex_digits_and_hashes_foreign_uids():
     assert a[1] == xxhash.xxh3_64_intdigest(b"g" * 32) and a[3] == xxhash.xxh3_64_intdigest(b"abc")
     assert a[5] == xxhash.xxh3_64_intdigest(b"0" * 40) and a[4] == xxhash.xxh3_64_intdigest(b"")
     assert uid_to_u64(pa.array([None, "x"])).tolist() == [xxhash.xxh3_64_intdigest(s) for s in (b"", b"x")]
+    # u64_hex writes the digits uid_to_u64 reads back (how balancing draws rows by a hashed uid)
+    values = np.array([0, 1, 2**64 - 1, *got[:50]], np.uint64)
+    digits = [bytes(row).decode() + "0" * 16 for row in u64_hex(values)]
+    assert uid_to_u64(pa.array(digits)).tolist() == values.tolist()
