@@ -39,6 +39,7 @@ class CleanShardsStage(Stage):
     # no whole-stage skip: DedupStage runs this after every decision pass, and the digest in each
     # task id decides which shards are still current
     resumable = False
+    versioned_tasks = True
     outputs = ("clean",)
 
     def tasks(self) -> list[Task]:
@@ -88,19 +89,8 @@ class CleanShardsStage(Stage):
         return src.append_column("dedup_reason", pa.array([reasons.get(k) for k in keys], pa.string()))
 
     def finalize(self, stats: Stats) -> None:
-        tasks = self.tasks()
         sizes = {}
-        for task in tasks:
+        for task in self.tasks():
             counts = self.run.read_marker(self.name, task.id)["stats"].get("counts", {})
             sizes[task.payload[0]] = int(counts.get("clean", 0))
         self.run.write_json(SIZES, sizes)
-        drop_stale_markers(self, tasks)
-
-
-def drop_stale_markers(stage: Stage, tasks: list[Task]) -> None:
-    """Remove the markers of tasks an earlier pass ran under other digests (other decisions or
-    candidates), so ``webclip status`` counts only the current ones."""
-    current = {t.id for t in tasks}
-    for task_id in stage.run.done_tasks(stage.name):
-        if task_id not in current and not task_id.startswith("_"):  # "_stage": the stage's own marker
-            stage.run.remove(stage.run.marker_path(stage.name, task_id))

@@ -19,7 +19,6 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from dedup.clean import drop_stale_markers
 from dedup.decode import decode_gray
 from dedup.phash import THUMB
 from dedup.shards import iter_samples
@@ -40,6 +39,7 @@ class CandidateThumbsStage(Stage):
 
     name = "dedup_thumbs"
     resumable = False  # run by DedupStage after every search; task digests decide what is current
+    versioned_tasks = True
     outputs = ("dedup/thumbs",)
 
     def tasks(self) -> list[Task]:
@@ -80,10 +80,6 @@ class CandidateThumbsStage(Stage):
         self.run.write_bytes(thumbs_path(shard), buf.getvalue())
         stats.inc("thumbnails", len(found))
         stats.inc("missing", len(wanted) - len(found))
-
-
-    def finalize(self, stats: Stats) -> None:
-        drop_stale_markers(self, self.tasks())
 
 
 def load_thumbs(run: RunDir, shard: str) -> tuple[list[str], np.ndarray, list[dict]]:

@@ -224,6 +224,9 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
         raise StageFailed(name, failures)
 
     stage.finalize(stats)
+    if stage.versioned_tasks:  # markers of earlier versions of the tasks are stale
+        for task_id in run.done_tasks(name) - set(ids) - {STAGE_MARKER}:
+            run.remove(run.marker_path(name, task_id))
     _write_stats(run, name, stats, result, time.perf_counter() - wall)
     run.mark_done(name, STAGE_MARKER, {"tasks": len(tasks)})
     print(

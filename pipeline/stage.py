@@ -37,6 +37,9 @@ class Stage:
     #: Run-relative folders and files the stage writes; the runner removes temporaries a killed run
     #: left there before the stage runs again.
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: Task ids that name a version of the work (a digest of the task's input): after the stage, the
+    #: runner removes completion markers of ids no longer among its tasks, so status counts current ones.
+    versioned_tasks: ClassVar[bool] = False
     #: Whether progress bars show; the runner sets it per run, and a stage that runs sub-stages
     #: (dedup's per-shard passes) hands it on.
     progress: bool = True
