@@ -152,6 +152,7 @@ def apply_lr_schedule(optimizer: Any, scheduler: Any, base_lr: float) -> float:
     for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = base_lr
         group["lr"] = base_lr * multiplier(scheduler.last_epoch)
+    # what get_last_lr() reports until the next step (the metrics log it); torch keeps it here
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     return old
 
