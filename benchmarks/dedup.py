@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dedup.config import DedupConfig
 from dedup.decode import decode_gray
-from dedup.detect import best_view_pair, match_views
+from dedup.detect import EvalViews, best_view_pair, match_views
 from dedup.hashing import eval_gray, eval_thumbs, extreme_fraction
 from dedup.phash import phash_thumbs
 from dedup.score import verify_scores
@@ -131,7 +131,7 @@ def _train_side(grays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndar
 
 def _detect(t_h, t_th, e_h, e_th, profile: str, tau: int, thr: float, block: int = 65536):
     """Best view pair per (train, eval) image within tau and its verification score, as the stage does."""
-    p = match_views(t_h, np.ones(len(t_th), bool), e_h, np.ones(len(e_th), bool), tau)
+    p = match_views(t_h, np.ones(len(t_th), bool), EvalViews.build(e_h, np.ones(len(e_th), bool), tau))
     score = np.zeros(len(p["train_row"]), np.float32)
     refine_from = thr - CFG.refine_margin if profile == "natural" else None
     for i in range(0, len(score), block):

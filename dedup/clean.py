@@ -18,12 +18,23 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dedup.shards import TarSink, iter_samples
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
 DECISIONS = "dedup/decisions.parquet"
+#: ``dedup/decisions.parquet``: one row per flagged sample, one row group per shard.
+DECISIONS_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("key", pa.string()),
+        ("uid", pa.string()),
+        ("reason", pa.string()),
+        ("removed", pa.bool_()),
+    ]
+)
 SIZES = "clean/sizes.json"
 
 
@@ -43,22 +54,32 @@ class CleanShardsStage(Stage):
     outputs = ("clean",)
 
     def tasks(self) -> list[Task]:
-        # built on the driver: each task carries only its own shard's flagged keys
-        flagged: dict[str, dict[str, str]] = {}
-        decisions = self.run.read_parquet(DECISIONS, columns=["shard", "key", "reason"])
-        for shard, key, reason in zip(
-            *(decisions.column(c).to_pylist() for c in ("shard", "key", "reason")), strict=True
-        ):
-            flagged.setdefault(shard, {})[key] = reason
+        # the decisions are read a row group (a shard) at a time: the driver never holds them all,
+        # and each task reads back only its own shard's rows
+        digests: dict[str, str] = {}
+        with self.run.fs.open(self.run.path(DECISIONS), "rb") as fh:
+            decisions = pq.ParquetFile(fh)
+            for group in range(decisions.num_row_groups):
+                table = decisions.read_row_group(group, columns=["shard", "key", "reason"])
+                for shard in pc.unique(table.column("shard")).to_pylist():
+                    part = table.filter(pc.equal(table.column("shard"), shard))
+                    digests[shard] = self._digest(_reasons(part), digests.get(shard, ""))
         tasks = []
         for shard in sorted(shard_stem(p) for p in self.run.glob("shards/*.tar")):
-            reasons = dict(sorted(flagged.get(shard, {}).items()))
-            digest = hashlib.sha256(json.dumps([self.config.dedup.mode, reasons]).encode()).hexdigest()[:12]
-            tasks.append(Task(f"{shard}.{digest}", (shard, reasons)))
+            digest = digests.get(shard) or self._digest({}, "")
+            tasks.append(Task(f"{shard}.{digest}", shard))
         return tasks
 
+    def _digest(self, reasons: dict[str, str], previous: str) -> str:
+        return hashlib.sha256(
+            json.dumps([self.config.dedup.mode, previous, sorted(reasons.items())]).encode()
+        ).hexdigest()[:12]
+
     def process(self, task: Task, stats: Stats) -> None:
-        shard, reasons = task.payload
+        shard = task.payload
+        reasons = _reasons(
+            self.run.read_parquet(DECISIONS, columns=["key", "reason"], filters=[("shard", "==", shard)])
+        )
         remove = self.config.dedup.mode == "remove"
         sink, kept = TarSink(), []
         for sample in iter_samples(self.run, f"shards/{shard}.tar"):
@@ -92,5 +113,10 @@ class CleanShardsStage(Stage):
         sizes = {}
         for task in self.tasks():
             counts = self.run.read_marker(self.name, task.id)["stats"].get("counts", {})
-            sizes[task.payload[0]] = int(counts.get("clean", 0))
+            sizes[task.payload] = int(counts.get("clean", 0))
         self.run.write_json(SIZES, sizes)
+
+
+def _reasons(table: pa.Table) -> dict[str, str]:
+    """``{key: reason}`` of decision rows."""
+    return dict(zip(table.column("key").to_pylist(), table.column("reason").to_pylist(), strict=True))

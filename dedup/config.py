@@ -119,6 +119,17 @@ class DedupConfig(Section):
         0.95, ge=-1.0, le=1.0, description="min coarse thumbnail correlation to confirm a pool near-duplicate"
     )
     batch_size: int = Field(256, ge=1, le=65536, description="images hashed per vectorised DCT batch")
+    work_dir: str | None = Field(
+        None,
+        description="local directory for the driver's pool-duplicate database and its spill files "
+        "(about 60 bytes per training sample; default: a temporary directory, removed after)",
+    )
+    memory_limit: str | None = Field(
+        None,
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="memory the pool-duplicate search (DuckDB) may use before spilling to work_dir, "
+        "e.g. '8GB' (default: DuckDB's, 80% of RAM)",
+    )
 
     @field_validator("eval_zooms")
     @classmethod

@@ -8,9 +8,11 @@ verification step scores them all and keeps the best (:func:`best_view_pair`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from dedup.search import search_pairs
+from dedup.search import HammingIndex
 from dedup.views import OFTEN_PLAIN
 
 
@@ -30,24 +32,35 @@ def _searchable(hashes: dict[str, np.ndarray], ok: np.ndarray) -> tuple[np.ndarr
     return np.concatenate(rows), np.concatenate(views), np.concatenate(hs)
 
 
-def match_views(
-    train: dict[str, np.ndarray],
-    train_ok: np.ndarray,
-    evals: dict[str, np.ndarray],
-    eval_ok: np.ndarray,
-    tau: int,
-) -> dict[str, np.ndarray]:
-    """Every (train view, eval view) pair within ``tau``, with its image rows.
+@dataclass
+class EvalViews:
+    """An eval set's searchable view hashes, indexed once for any number of training batches."""
 
-    ``train`` / ``evals`` map view name -> uint64 hash per row (first view: the plain ``phash``);
-    rows where ``*_ok`` is false are ignored. Returns int arrays ``train_row``, ``eval_row``,
+    rows: np.ndarray
+    views: np.ndarray
+    index: HammingIndex
+
+    @classmethod
+    def build(cls, evals: dict[str, np.ndarray], eval_ok: np.ndarray, tau: int) -> EvalViews:
+        """``evals`` maps view name -> uint64 hash per row (first: the plain ``phash``); rows where
+        ``eval_ok`` is false are left out."""
+        rows, views, hashes = _searchable(evals, eval_ok)
+        return cls(rows, views, HammingIndex.build(hashes, tau))
+
+
+def match_views(
+    train: dict[str, np.ndarray], train_ok: np.ndarray, evals: EvalViews
+) -> dict[str, np.ndarray]:
+    """Every (train view, eval view) pair within the index's ``tau``, with its image rows.
+
+    ``train`` maps view name -> uint64 hash per row (first view: the plain ``phash``); rows where
+    ``train_ok`` is false are ignored. Returns int arrays ``train_row``, ``eval_row``,
     ``train_view``, ``eval_view`` (indices into the dicts' keys) and ``distance``, sorted by
     (train_row, eval_row, distance, train_view, eval_view).
     """
     t_rows, t_views, t_hash = _searchable(train, train_ok)
-    e_rows, e_views, e_hash = _searchable(evals, eval_ok)
-    q, d, dist = search_pairs(t_hash, e_hash, tau)
-    tr, er, tv, ev = t_rows[q], e_rows[d], t_views[q], e_views[d]
+    q, d, dist = evals.index.search(t_hash)
+    tr, er, tv, ev = t_rows[q], evals.rows[d], t_views[q], evals.views[d]
     order = np.lexsort((ev, tv, dist, er, tr))
     return {
         "train_row": tr[order],

@@ -1,37 +1,53 @@
 """``DedupStage`` (``webclip dedup``): hash shards and eval sets in tasks, search and verify, then write clean shards in tasks.
 
 Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet`` and
-``<run>/evalsets/<name>/hashes.parquet``. :meth:`DedupStage.finalize` then, on the driver:
+``<run>/evalsets/<name>/hashes.parquet``. :meth:`DedupStage.finalize` then:
 
-1. finds byte-identical (sha256) and near-identical (pHash ``<= dedup.pool_tau``, verified)
-   training images inside the pool and marks all but the first copy;
-2. per eval set, picks its profile (natural or line art, :meth:`DedupConfig.thresholds`) and
-   searches every training view hash against every eval view hash at ``<= tau`` (exact
-   multi-index hashing, :mod:`dedup.search`), keeping every view pair that matched;
+1. on the driver, feeds every shard's sha256 and pHash into a DuckDB database on local disk
+   (:mod:`dedup.pool`) and finds byte-identical (sha256) and near-identical (pHash
+   ``<= dedup.pool_tau``) training images as out-of-core joins; the later copy is the one flagged;
+2. per eval set, picks its profile (natural or line art, :meth:`DedupConfig.thresholds`); one Ray
+   task per shard (:class:`~dedup.overlap_search.OverlapSearchStage`) searches its training view
+   hashes against every eval view hash at ``<= tau`` (exact multi-index hashing,
+   :mod:`dedup.search`), keeping every view pair that matched;
 3. re-reads the candidates' images (training shards in one task per shard,
    :class:`~dedup.thumbs.CandidateThumbsStage`, and the eval set, with the hashing decoder),
    scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
    (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
-   ``<run>/dedup/overlaps.parquet`` with both scores;
-4. writes every flagged sample's reason to ``<run>/dedup/decisions.parquet``; then
-   :class:`~dedup.clean.CleanShardsStage` writes ``<run>/clean/NNNNN.{tar,parquet}``, one Ray task
-   per shard (resumable), and ``clean/sizes.json``; last, the reconciliation
+   ``<run>/dedup/overlaps.parquet`` with both scores; pool near pairs are verified the same way;
+4. writes every flagged sample's reason to ``<run>/dedup/decisions.parquet`` (one row group per
+   shard); then :class:`~dedup.clean.CleanShardsStage` writes ``<run>/clean/NNNNN.{tar,parquet}``,
+   one Ray task per shard (resumable), and ``clean/sizes.json``; last, the reconciliation
    ``<run>/dedup/summary.json`` (downloaded = clean + removed by reason).
+
+Per training sample the driver holds one int8 reason code; samples are named by global row
+numbers (:mod:`dedup.rows`), and identifiers are read back only for candidates and flagged rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from dedup.clean import DECISIONS, CleanShardsStage, shard_stem
-from dedup.detect import match_views
+from dedup.clean import DECISIONS, DECISIONS_SCHEMA, CleanShardsStage, shard_stem
 from dedup.hashing import hash_evalset, hash_training_samples, view_column
+from dedup.overlap_search import (
+    OverlapSearchStage,
+    SetSearch,
+    evalset_hashes_path,
+    hash_columns,
+    load_pairs,
+    ok_rows,
+)
+from dedup.pool import PoolIndex
+from dedup.rows import ShardRows, hashes_path
 from dedup.score import verify_scores
-from dedup.search import search_pairs
 from dedup.shards import iter_samples
 from dedup.thumbs import CANDIDATES, CandidateThumbsStage, candidates_table
 from dedup.verify import eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
@@ -95,7 +111,7 @@ class DedupStage(Stage):
                 cfg.decode_min_side,
                 cfg.trim_tolerance,
             )
-            self.run.write_parquet(f"hashes/{shard}.parquet", table)
+            self.run.write_parquet(hashes_path(shard), table)
         else:
             spec = next(s for s in self.config.evalsets if s.name == arg)
             table = hash_evalset(
@@ -106,7 +122,7 @@ class DedupStage(Stage):
                 cfg.decode_min_side,
                 cfg.trim_tolerance,
             )
-            self.run.write_parquet(f"evalsets/{spec.name}/hashes.parquet", table)
+            self.run.write_parquet(evalset_hashes_path(spec.name), table)
 
     def _eval_views(self) -> tuple[View, ...]:
         cfg = self.config.dedup
@@ -115,78 +131,67 @@ class DedupStage(Stage):
     # ---------------------------------------------------------------- finalize
     def finalize(self, stats: Stats) -> None:
         cfg = self.config.dedup
-        shard_names = [shard_stem(p) for p in self.run.glob("shards/*.tar")]
-        train = pa.concat_tables([self.run.read_parquet(f"hashes/{s}.parquet") for s in shard_names])
-        n = train.num_rows
-        # one reason code per sample (0: kept), vectorised: no per-sample Python objects on the driver
-        status = train.column("status")
-        hashed = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
-        no_image = pc.fill_null(pc.equal(status, "no_image"), False).to_numpy(zero_copy_only=False)
-        reason = np.where(hashed, 0, np.where(no_image, CODE["no_image"], CODE["undecodable"])).astype(np.int8)
-        ok = reason == 0
-        train_hashes = {v.name: _u64(train.column(view_column(v.name))) for v in TRAIN_VIEWS}
-        views = self._eval_views()
-
-        # --- eval overlaps: every (train view, eval view) pair within the set's tau
-        overlap_tables, per_set = [], {}
-        needed: set[int] = set()
-        candidates = []
-        for spec in self.config.evalsets:
-            ev = self.run.read_parquet(f"evalsets/{spec.name}/hashes.parquet")
-            required = [*(view_column(v.name) for v in views), "extreme_frac"]
-            missing = [c for c in required if c not in ev.column_names]
-            if missing:
-                raise ConfigError(
-                    f"{self.run.full_url(f'evalsets/{spec.name}/hashes.parquet')} lacks {missing}: it was hashed "
-                    "by an older webclip or with other dedup.eval_zooms/eval_anchors/eval_square; delete it and its marker "
-                    f"<run>/_done/dedup/eval-{spec.name}, then rerun `webclip dedup`"
+        rows = ShardRows(self.run, [shard_stem(p) for p in self.run.glob("shards/*.tar")])
+        n = rows.n
+        # Per sample the driver keeps one int8 reason code (0: kept) and nothing else; samples are
+        # named by global row numbers (dedup.rows), identifiers are read back only where needed.
+        reason = np.zeros(n, np.int8)
+        with PoolIndex(cfg.work_dir, cfg.memory_limit) as pool:
+            bar = tqdm(
+                total=len(rows.shards), desc="dedup pool index", unit="shard", disable=not self.progress
+            )
+            for i, table in rows.iter_tables(["status", "sha256", "phash"]):
+                lo, hi = int(rows.offsets[i]), int(rows.offsets[i + 1])
+                reason[lo:hi] = _status_codes(table.column("status"))
+                pool.add(
+                    lo,
+                    reason[lo:hi] == 0,
+                    table.column("sha256"),
+                    hash_columns(table, TRAIN_VIEWS[:1])["phash"],
                 )
-            ev_ok = np.array([s == "ok" for s in ev.column("status").to_pylist()], bool)
-            extreme = ev.column("extreme_frac").to_numpy(zero_copy_only=False)
-            lineart = bool(ev_ok.any() and np.nanmean(extreme[ev_ok]) >= cfg.lineart_min_extreme)
-            profile, tau, thr = cfg.thresholds(spec.name, lineart)
-            evals = {v.name: _u64(ev.column(view_column(v.name))) for v in views}
-            pairs = match_views(train_hashes, ok, evals, ev_ok, tau)
-            candidates.append((spec, ev, profile, tau, thr, pairs))
-            needed.update(int(r) for r in np.unique(pairs["train_row"]))
+                bar.update(1)
+            bar.close()
+            # --- exact duplicates: later copies of the same sha256
+            exact_copy, exact_first = pool.exact_duplicates() if cfg.exact_dups else (_NO_ROWS, _NO_ROWS)
+            reason[exact_copy] = CODE["exact_dup"]
+            # --- pool near duplicates: pHash within pool_tau of an earlier image (verified below)
+            near_pairs = (
+                pool.near_pairs(cfg.pool_tau, exclude=exact_copy)
+                if cfg.pool_tau is not None
+                else np.zeros((0, 3), np.int64)
+            )
 
-        # --- pool near duplicates (pHash within pool_tau of an earlier image, then verified)
-        near_pairs = np.zeros((0, 3), np.int64)
-        if cfg.pool_tau is not None:
-            idx = np.flatnonzero(ok)
-            ph = train_hashes["phash"]
-            q, d, dist = search_pairs(ph[idx], ph[idx], cfg.pool_tau)
-            later = q > d  # pair (later, earlier): the later copy is the one removed
-            near_pairs = np.stack([idx[q[later]], idx[d[later]], dist[later]], axis=1)
-            needed.update(int(r) for r in near_pairs[:, :2].ravel())
-
-        # --- exact duplicates: later copies of the same sha256
-        if cfg.exact_dups:
-            sha = train.column("sha256")
-            rows = np.flatnonzero(ok & sha.is_valid().to_numpy(zero_copy_only=False))
-            # the hex digests as one fixed-width byte block, no Python strings; the first 32 hex
-            # characters (128 bits) identify an image. A row not first of its digest is a later copy.
-            hexes = sha.take(pa.array(rows)).combine_chunks().cast(pa.binary(64))
-            block = np.frombuffer(hexes.buffers()[1], np.uint8, count=len(hexes) * 64, offset=hexes.offset * 64)
-            digests = np.ascontiguousarray(block.reshape(-1, 64)[:, :32]).view("S32").ravel()
-            first = np.zeros(len(rows), bool)
-            first[np.unique(digests, return_index=True)[1]] = True
-            reason[rows[~first]] = CODE["exact_dup"]
-            del sha, hexes, block, digests
-        # from here on only the identifiers are read, for candidate and flagged rows: drop the rest
-        # (sha256 and status were most of the table's memory)
-        del status
-        train = train.select(["shard", "key", "uid"])
+        # --- eval overlaps: every (train view, eval view) pair within the set's tau, searched per shard
+        views = self._eval_views()
+        plans, searches = [], []
+        for spec in self.config.evalsets:
+            ev, search, profile, thr = self._plan_evalset(spec.name, views)
+            plans.append((spec, ev, profile, search.tau, thr))
+            searches.append(search)
+        if searches:
+            run_stage(
+                OverlapSearchStage(self.config, self.run, rows.shards, searches, views),
+                progress=self.progress,
+            )
+        pairs_by_set = load_pairs(self.run, rows.shards, rows.offsets, [s.name for s in searches])
 
         # Re-read the candidates' training images: one task per shard that holds some (dedup.thumbs).
-        cand = train.select(["shard", "key"]).take(pa.array(sorted(needed), pa.int64()))
+        needed = np.unique(
+            np.concatenate([*(p["train_row"] for p in pairs_by_set.values()), near_pairs[:, :2].ravel()])
+        ).astype(np.int64)
+        cand = rows.take(needed)
         self.run.write_parquet(
             CANDIDATES, candidates_table(cand.column("shard").to_pylist(), cand.column("key").to_pylist())
         )
         run_stage(CandidateThumbsStage(self.config, self.run), progress=self.progress)
-        thumbs, meta = train_view_thumbs(self.run, train, needed)
+        thumbs, meta = train_view_thumbs(
+            self.run, needed, cand.column("shard").to_pylist(), cand.column("key").to_pylist()
+        )
+        ids = _RowIds(needed, cand)
 
-        for spec, ev, profile, tau, thr, pairs in candidates:
+        overlap_tables, per_set = [], {}
+        for spec, ev, profile, tau, thr in plans:
+            pairs = pairs_by_set[spec.name]
             eval_rows = {int(r) for r in np.unique(pairs["eval_row"])}
             e_thumbs = eval_view_thumbs(
                 open_evalset(spec), ev, eval_rows, views, cfg.decode_min_side, cfg.trim_tolerance
@@ -195,11 +200,10 @@ class DedupStage(Stage):
             # is judged on the coarse score (refinement lifts distinct strokes as much as copies).
             refine_from = thr - cfg.refine_margin if profile == "natural" else None
             score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from)
-            table, rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
-            m = [meta.get(int(i), {}) for i in rows]
-            ids = _take_strings(train, ("uid", "shard", "key"), rows)
-            for name in ("uid", "shard", "key"):
-                table = table.append_column(name, ids[name])
+            table, hit_rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
+            m = [meta.get(int(i), {}) for i in hit_rows]
+            for name, col in ids.take(hit_rows, ("uid", "shard", "key")).items():
+                table = table.append_column(name, col)
             table = table.append_column("url", pa.array([x.get("url") for x in m], pa.string()))
             table = table.append_column("text", pa.array([x.get("caption") for x in m], pa.string()))
             table = table.append_column(
@@ -207,7 +211,7 @@ class DedupStage(Stage):
             )
             overlap_tables.append(table)
             confirmed = table.column("confirmed").to_numpy(zero_copy_only=False)
-            hit = np.asarray(rows, np.int64)[confirmed]
+            hit = np.asarray(hit_rows, np.int64)[confirmed]
             # an eval overlap outranks a pool duplicate, not a sample that was never hashed
             hit = hit[np.isin(reason[hit], (0, CODE["exact_dup"], CODE["near_dup"]))]
             reason[hit] = CODE["eval_overlap"]
@@ -235,24 +239,13 @@ class DedupStage(Stage):
         )
         self.run.write_parquet("dedup/overlaps.parquet", overlaps)
 
-        # --- pool near duplicates, verified with the same thumbnail correlation
-        pool_rows = self._pool_near_dups(near_pairs, thumbs, reason, train, sha_exact=cfg.exact_dups)
+        # --- pool duplicates: exact copies as found, near ones verified with the thumbnail correlation
+        pool_rows = self._pool_duplicates(rows, exact_copy, exact_first, near_pairs, thumbs, reason, ids)
         self.run.write_parquet("dedup/pool_duplicates.parquet", pool_rows)
 
-        # --- one row per flagged sample: why it is not (or, in mode report, would not be) in clean/
-        flagged = np.flatnonzero(reason)
-        ids = _take_strings(train, ("shard", "key", "uid"), flagged)
-        names = np.array([None, *REASONS], dtype=object)
-        self.run.write_parquet(
-            DECISIONS,
-            pa.table(
-                {
-                    **ids,
-                    "reason": pa.array(names[reason[flagged]], pa.string()),
-                    "removed": pa.array(np.full(len(flagged), cfg.mode == "remove"), pa.bool_()),
-                }
-            ),
-        )
+        # --- one row per flagged sample, one row group per shard: why it is not (or, in mode
+        # report, would not be) in clean/
+        self._write_decisions(rows, reason)
 
         # --- clean shards: one task per shard on the cluster, resumable (dedup.clean)
         clean = run_stage(CleanShardsStage(self.config, self.run), progress=self.progress)
@@ -281,31 +274,99 @@ class DedupStage(Stage):
                 file=sys.stderr,
             )
 
-    def _pool_near_dups(self, pairs, thumbs, reason: np.ndarray, train, sha_exact: bool) -> pa.Table:
+    def _plan_evalset(self, name: str, views: tuple[View, ...]) -> tuple[pa.Table, SetSearch, str, float]:
+        """An eval set's hashes, its search (tau, file digest), profile and verify threshold."""
         cfg = self.config.dedup
-        keep_rows = []
-        if len(pairs):
-            plain = np.zeros(len(pairs), np.int64)  # view 0: phash
-            score = verify_scores(thumbs.take(pairs[:, 0], plain), thumbs.take(pairs[:, 1], plain), None)
-            for (i, j, dist), s in zip(pairs, score, strict=True):
-                kind = "exact" if sha_exact and reason[i] == CODE["exact_dup"] else "near"
-                confirmed = bool(s >= cfg.pool_verify_threshold)
-                if kind == "near" and confirmed and reason[i] == 0:
-                    reason[i] = CODE["near_dup"]
-                keep_rows.append((int(i), int(j), int(dist), float(s), confirmed, kind))
-        cols = list(zip(*keep_rows, strict=True)) if keep_rows else [[]] * 6
-        copy = _take_strings(train, ("uid", "shard", "key"), np.asarray(cols[0], np.int64))
-        first = _take_strings(train, ("uid", "shard", "key"), np.asarray(cols[1], np.int64))
-        return pa.table(
+        rel = evalset_hashes_path(name)
+        data = self.run.read_bytes(rel)
+        ev = pq.read_table(pa.BufferReader(data))
+        required = [*(view_column(v.name) for v in views), "extreme_frac"]
+        missing = [c for c in required if c not in ev.column_names]
+        if missing:
+            raise ConfigError(
+                f"{self.run.full_url(rel)} lacks {missing}: it was hashed by an older webclip or with other "
+                "dedup.eval_zooms/eval_anchors/eval_square; delete it and its marker "
+                f"<run>/_done/dedup/eval-{name}, then rerun `webclip dedup`"
+            )
+        ev_ok = ok_rows(ev)
+        extreme = ev.column("extreme_frac").to_numpy(zero_copy_only=False)
+        lineart = bool(ev_ok.any() and np.nanmean(extreme[ev_ok]) >= cfg.lineart_min_extreme)
+        profile, tau, thr = cfg.thresholds(name, lineart)
+        return ev, SetSearch(name, tau, hashlib.sha256(data).hexdigest()[:16]), profile, thr
+
+    def _pool_duplicates(
+        self,
+        rows: ShardRows,
+        exact_copy: np.ndarray,
+        exact_first: np.ndarray,
+        near: np.ndarray,
+        thumbs,
+        reason: np.ndarray,
+        ids: _RowIds,
+    ) -> pa.Table:
+        """``pool_duplicates.parquet``: every exact copy with its first copy (no thumbnail check: the
+        bytes are identical), and every near pair with its verification score; confirmed near
+        copies are flagged ``near_dup`` unless already flagged."""
+        cfg = self.config.dedup
+        plain = np.zeros(len(near), np.int64)  # view 0: phash
+        score = (
+            verify_scores(thumbs.take(near[:, 0], plain), thumbs.take(near[:, 1], plain), None)
+            if len(near)
+            else np.zeros(0, np.float32)
+        )
+        confirmed = score >= cfg.pool_verify_threshold
+        later = near[:, 0]
+        flag = later[confirmed & (reason[later] == 0)]
+        reason[flag] = CODE["near_dup"]
+        # identifiers: near pairs' rows are candidates (already read), exact copies are read here
+        exact_ids = rows.take(np.concatenate([exact_copy, exact_first]))
+        k = len(exact_copy)
+        copy = {
+            c: pa.concat_arrays([exact_ids.column(c).slice(0, k).combine_chunks(), ids.take(later, (c,))[c]])
+            for c in ("uid", "shard", "key")
+        }
+        first = {
+            c: pa.concat_arrays(
+                [exact_ids.column(c).slice(k).combine_chunks(), ids.take(near[:, 1], (c,))[c]]
+            )
+            for c in ("uid", "shard", "key")
+        }
+        table = pa.table(
             {
                 **copy,
                 **{f"dup_of_{name}": col for name, col in first.items()},
-                "distance": pa.array(cols[2], pa.int16()),
-                "verify_score": pa.array(cols[3], pa.float32()),
-                "confirmed": pa.array(cols[4], pa.bool_()),
-                "kind": pa.array(cols[5], pa.string()),
+                "distance": pa.array(np.concatenate([np.zeros(k, np.int64), near[:, 2]]), pa.int16()),
+                "verify_score": pa.concat_arrays([pa.nulls(k, pa.float32()), pa.array(score, pa.float32())]),
+                "confirmed": pa.array(np.concatenate([np.ones(k, bool), confirmed]), pa.bool_()),
+                "kind": pa.array(["exact"] * k + ["near"] * len(near), pa.string()),
             }
         )
+        return table.sort_by([(c, "ascending") for c in ("shard", "key", "dup_of_shard", "dup_of_key")])
+
+    def _write_decisions(self, rows: ShardRows, reason: np.ndarray) -> None:
+        """``dedup/decisions.parquet`` streamed a shard at a time (one row group each, which is what
+        a ``dedup_clean`` task reads back)."""
+        flagged = np.flatnonzero(reason)
+        names = np.array([None, *REASONS], dtype=object)
+        remove = self.config.dedup.mode == "remove"
+        with (
+            self.run.open_atomic(DECISIONS) as fh,
+            pq.ParquetWriter(fh, DECISIONS_SCHEMA, compression="zstd") as writer,
+        ):
+            start = 0
+            for ids in rows.iter_take(flagged, ("shard", "key", "uid")):
+                codes = reason[flagged[start : start + ids.num_rows]]
+                start += ids.num_rows
+                writer.write_table(
+                    pa.table(
+                        {
+                            **{c: ids.column(c) for c in ("shard", "key", "uid")},
+                            "reason": pa.array(names[codes], pa.string()),
+                            "removed": pa.array(np.full(len(codes), remove), pa.bool_()),
+                        },
+                        schema=DECISIONS_SCHEMA,
+                    )
+                )
 
     def summary(self, stats: Stats) -> str:
         c = stats.counts
@@ -314,14 +375,27 @@ class DedupStage(Stage):
         )
 
 
-def _take_strings(train: pa.Table, names: tuple[str, ...], rows) -> dict[str, pa.Array]:
-    """``{name: string array}`` of the ``rows`` of ``train`` (only those rows become values)."""
-    picked = train.select(list(names)).take(pa.array(np.asarray(rows, np.int64), pa.int64()))
-    return {name: picked.column(name).combine_chunks().cast(pa.string()) for name in names}
+class _RowIds:
+    """Identifiers of a sorted set of rows (the candidates), looked up by row number."""
+
+    def __init__(self, rows: np.ndarray, table: pa.Table):
+        self.rows = rows
+        self.table = table
+
+    def take(self, rows, names: tuple[str, ...]) -> dict[str, pa.Array]:
+        pos = np.searchsorted(self.rows, np.asarray(rows, np.int64))
+        picked = self.table.select(list(names)).take(pa.array(pos, pa.int64()))
+        return {name: picked.column(name).combine_chunks().cast(pa.string()) for name in names}
 
 
-def _u64(col: pa.ChunkedArray) -> np.ndarray:
-    return col.fill_null(0).to_numpy().astype(np.uint64)
+def _status_codes(status: pa.ChunkedArray) -> np.ndarray:
+    """Reason code per row from the hash files' ``status``: 0 hashed, else no_image or undecodable."""
+    hashed = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
+    no_image = pc.fill_null(pc.equal(status, "no_image"), False).to_numpy(zero_copy_only=False)
+    return np.where(hashed, 0, np.where(no_image, CODE["no_image"], CODE["undecodable"])).astype(np.int8)
+
+
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 def _empty_overlaps() -> pa.Table:

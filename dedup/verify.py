@@ -65,17 +65,21 @@ class ThumbStack:
         return self.stack[idx, views]
 
 
-def train_view_thumbs(run: RunDir, train: pa.Table, rows: set[int]) -> tuple[ThumbStack, dict[int, dict]]:
-    """``phash``/``trim`` thumbnails and json metadata ``{row: meta}`` of the training ``rows``.
+def train_view_thumbs(
+    run: RunDir, rows: np.ndarray, shards: list[str], keys: list[str]
+) -> tuple[ThumbStack, dict[int, dict]]:
+    """``phash``/``trim`` thumbnails and json metadata ``{row: meta}`` of the training ``rows``
+    (global row numbers; ``shards[i]``/``keys[i]`` name row ``rows[i]``).
 
     Read from the per-shard files the ``dedup_thumbs`` tasks wrote (:mod:`dedup.thumbs`): each
     decoded its shard's candidates with the hashing decoder, so the thumbnails are exactly those
     that were hashed.
     """
-    shards, keys = train.column("shard").to_pylist(), train.column("key").to_pylist()
     wanted: dict[str, dict[str, int]] = {}
-    for row in rows:
-        wanted.setdefault(shards[row], {})[keys[row]] = row
+    where: dict[int, str] = {}
+    for row, shard, key in zip(rows.tolist(), shards, keys, strict=True):
+        wanted.setdefault(shard, {})[key] = row
+        where[row] = f"{shard}/{key}"
     found: list[int] = []
     stacks: list[np.ndarray] = []
     meta: dict[int, dict] = {}
@@ -87,12 +91,11 @@ def train_view_thumbs(run: RunDir, train: pa.Table, rows: set[int]) -> tuple[Thu
                 found.append(row)
                 stacks.append(stack[i])
                 meta[row] = metas[i]
-    missing = set(rows) - set(found)
+    missing = set(where) - set(found)
     if missing:
         raise RuntimeError(
-            f"{len(missing)} hashed training samples are no longer in their shards (e.g. row {min(missing)}: "
-            f"{shards[min(missing)]}/{keys[min(missing)]}); the shards changed after hashing — rerun `webclip dedup` "
-            "from scratch"
+            f"{len(missing)} hashed training samples are no longer in their shards (e.g. {where[min(missing)]}); "
+            "the shards changed after hashing — rerun `webclip dedup` from scratch"
         )
     stack = np.stack(stacks) if stacks else np.zeros((0, len(TRAIN_VIEWS), THUMB, THUMB), np.uint8)
     return ThumbStack(found, stack), meta

@@ -172,9 +172,15 @@ class RunDir:
         pq.write_table(table, buf, compression=kwargs.pop("compression", "zstd"), **kwargs)
         self.write_bytes(rel, buf.getvalue())
 
-    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+    def read_parquet(self, rel: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+        """Read ``rel`` (only ``columns``; with ``filters``, only matching rows, skipping row groups by statistics)."""
         with self.fs.open(self.path(rel), "rb") as fh:
-            return pq.read_table(fh, columns=columns)
+            return pq.read_table(fh, columns=columns, filters=filters)
+
+    def parquet_rows(self, rel: str) -> int:
+        """The number of rows of a Parquet file, from its footer (no data read)."""
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
 
     # ------------------------------------------------------- markers, checks
     def is_done(self, stage: str, task: str) -> bool:

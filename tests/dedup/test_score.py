@@ -11,7 +11,7 @@ from PIL import Image
 
 from dedup.config import DedupConfig
 from dedup.decode import decode_gray
-from dedup.detect import best_view_pair, match_views
+from dedup.detect import EvalViews, best_view_pair, match_views
 from dedup.hashing import eval_thumbs
 from dedup.phash import phash_thumbs
 from dedup.score import coarse, refined, verify_scores
@@ -105,7 +105,7 @@ def test_ten_percent_crop_of_a_real_photo_is_found_and_confirmed(shared_data, co
     train = {"phash": phash_thumbs(plain), "trim": phash_thumbs(trim)}
     evals = {v.name: e_hash[:, i] for i, v in enumerate(views)}
     ok = np.ones(len(files), bool)
-    pairs = match_views(train, ok, evals, ok, cfg.tau)
+    pairs = match_views(train, ok, EvalViews.build(evals, ok, cfg.tau))
     a = t_thumbs[pairs["train_row"], pairs["train_view"]]
     b = e_thumbs[pairs["eval_row"], pairs["eval_view"]]
     score = verify_scores(a, b, cfg.verify_threshold - cfg.refine_margin)
