@@ -190,6 +190,16 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     assert cand[0]["key"] in keys and stack.shape[1:] == (2, 32, 32) and stack.dtype == np.uint8
     assert len(meta) == len(keys) and all("url" in m for m in meta)
     stamp = (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns
+    # the eval search ran as one task per shard (dedup_search), each writing its shard's view pairs
+    search_markers = sorted(p.rsplit("/", 1)[-1] for p in run.glob("_done/dedup_search/0*"))
+    assert [m.split(".")[0] for m in search_markers] == ["00000", "00001"]
+    pairs = pq.read_table(run.path("dedup/pairs/00000.parquet"))
+    assert set(pairs.column("eval_set").to_pylist()) <= {"cifar10", "mnist"} and pairs.num_rows > 0
+    pairs_stamp = (tmp_path / "run/dedup/pairs/00000.parquet").stat().st_mtime_ns
+    # decisions: one row group per shard with flagged samples, which is all a clean task reads
+    decisions = pq.ParquetFile(run.path("dedup/decisions.parquet"))
+    groups = [decisions.read_row_group(i).column("shard").to_pylist() for i in range(decisions.num_row_groups)]
+    assert [set(g) for g in groups] == [{"00000"}, {"00001"}]
 
     # killed after one clean shard: the other shard's output and marker are gone
     (tmp_path / "run/clean/00001.tar").unlink()
@@ -198,11 +208,13 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     run_stage(DedupStage(cfg, run), progress=False)
     assert run.read_bytes("clean/00001.tar") == first["00001"]
     assert (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns == stamp  # not rewritten
+    assert (tmp_path / "run/dedup/pairs/00000.parquet").stat().st_mtime_ns == pairs_stamp  # not searched again
     assert run.read_json("dedup/summary.json")["reconciles"]
 
-    # other decisions (report mode keeps every sample): every shard is rewritten
+    # other decisions (report mode keeps every sample) and another tau: every shard is searched
+    # and rewritten again
     (tmp_path / f"run/_done/dedup/{STAGE_MARKER}").unlink()
-    report = make_config(*evalset_overrides, "dedup.mode=report", run=cfg.run)
+    report = make_config(*evalset_overrides, "dedup.mode=report", "dedup.tau=9", run=cfg.run)
     run_stage(DedupStage(report, run), progress=False)
     summary = run.read_json("dedup/summary.json")
     assert summary["clean"] == summary["downloaded"] and summary["reconciles"]
@@ -212,6 +224,8 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     prepare_run(report)  # what the CLI writes first: config.yaml marks a run directory
     lines = {line.split()[0]: line for line in status(run.url).splitlines()[1:]}
     assert lines["dedup_clean"].startswith("    ") and "tasks done=2 clean=24" in lines["dedup_clean"]
+    assert "tasks done=2" in lines["dedup_search"]  # the earlier tau's markers are gone
+    assert (tmp_path / "run/dedup/pairs/00000.parquet").stat().st_mtime_ns != pairs_stamp
     assert "done" in lines["dedup_thumbs"] and lines["dedup"].startswith("  dedup ")
 
 
