@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 def status(url: str) -> str:
     """A table of the stages of the run at ``url``: done or not, tasks, counts, failures.
 
-    Sub-stages a stage runs itself (extract's uid passes, dedup's per-shard ``dedup_thumbs`` and
-    ``dedup_clean``) follow their stage, indented, so an interrupted pass shows how far it got.
+    Sub-stages a stage runs itself (extract's uid passes, dedup's per-shard ``dedup_search``,
+    ``dedup_thumbs`` and ``dedup_clean``) follow their stage, indented, so an interrupted pass shows how far it got.
     """
     run = RunDir(url)
     if not run.exists(RunDir.CONFIG):
