@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -126,10 +127,16 @@ class DedupConfig(Section):
     )
     memory_limit: str | None = Field(
         None,
-        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="memory the pool-duplicate search (DuckDB) may use before spilling to work_dir, "
         "e.g. '8GB' (default: DuckDB's, 80% of RAM)",
     )
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_size(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", v.strip()):
+            raise ValueError(f"memory_limit must be a size such as '8GB' or '512MiB', got {v!r}")
+        return v
 
     @field_validator("eval_zooms")
     @classmethod

@@ -49,7 +49,7 @@ class PoolIndex:
 
     def __init__(self, work_dir: str | None = None, memory_limit: str | None = None):
         self._owned = work_dir is None
-        self.dir = Path(tempfile.mkdtemp(prefix="webclip-dedup-") if work_dir is None else work_dir)
+        self.dir = Path(tempfile.mkdtemp(prefix="webclip-dedup-")) if work_dir is None else Path(work_dir).expanduser()
         self.dir.mkdir(parents=True, exist_ok=True)
         db = self.dir / "pool.duckdb"
         db.unlink(missing_ok=True)  # a killed run's leftover: this index is rebuilt every time

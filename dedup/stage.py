@@ -27,7 +27,9 @@ numbers (:mod:`dedup.rows`), and identifiers are read back only for candidates a
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +83,16 @@ class DedupStage(Stage):
             )
         if len(names) != len(self.config.evalsets):
             raise ConfigError("evalsets: two entries share a name; give each eval set a unique `name`")
+        work = self.config.dedup.work_dir
+        if work is not None:
+            existing = Path(work).expanduser().absolute()
+            while not existing.exists():
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"dedup.work_dir {work!r} cannot be created ({existing} is not a writable directory); "
+                    "give a local directory with room for about 60 bytes per training sample, or leave it unset"
+                )
 
     def check(self) -> None:
         self.validate()

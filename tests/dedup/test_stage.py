@@ -113,6 +113,16 @@ def test_bad_config_and_missing_shards_are_config_errors(tmp_path, make_config, 
     cfg, run = _run(make_config, tmp_path, evalset_overrides)
     with pytest.raises(ConfigError, match="webclip download"):
         DedupStage(cfg, run).check()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg, run = _run(make_config, tmp_path, evalset_overrides, f"dedup.work_dir={blocker / 'pool'}")
+    with pytest.raises(ConfigError, match=r"dedup.work_dir .*a-file is not a writable directory"):
+        DedupStage(cfg, run).validate()
+    cfg, run = _run(make_config, tmp_path, evalset_overrides, f"dedup.work_dir={tmp_path / 'new' / 'pool'}")
+    DedupStage(cfg, run).validate()  # a directory that does not exist yet is fine, and not created
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match=r"memory_limit.*'8GB'.*'lots'"):
+        make_config(*evalset_overrides, "dedup.memory_limit=lots")
 
 
 def test_cropped_and_letterboxed_photos_are_found_and_verified(tmp_path, shared_data, ray_local):
