@@ -51,7 +51,7 @@ from dedup.pool import PoolIndex
 from dedup.rows import ShardRows, hashes_path
 from dedup.score import verify_scores
 from dedup.shards import iter_samples
-from dedup.thumbs import CANDIDATES, CandidateThumbsStage, candidates_table
+from dedup.thumbs import CANDIDATES, CandidateThumbsStage
 from dedup.verify import eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
 from dedup.views import TRAIN_VIEWS, View, eval_views
 from pipeline.errors import ConfigError
@@ -192,9 +192,7 @@ class DedupStage(Stage):
             np.concatenate([*(p["train_row"] for p in pairs_by_set.values()), near_pairs[:, :2].ravel()])
         ).astype(np.int64)
         cand = rows.take(needed)
-        self.run.write_parquet(
-            CANDIDATES, candidates_table(cand.column("shard").to_pylist(), cand.column("key").to_pylist())
-        )
+        self.run.write_parquet(CANDIDATES, cand.select(["shard", "key"]))
         run_stage(CandidateThumbsStage(self.config, self.run), progress=self.progress)
         thumbs, meta = train_view_thumbs(
             self.run, needed, cand.column("shard").to_pylist(), cand.column("key").to_pylist()

@@ -17,7 +17,6 @@ import io
 import json
 
 import numpy as np
-import pyarrow as pa
 
 from dedup.decode import decode_gray
 from dedup.phash import THUMB
@@ -88,7 +87,3 @@ def load_thumbs(run: RunDir, shard: str) -> tuple[list[str], np.ndarray, list[di
         index = json.loads(z["index"].tobytes())
         return index["keys"], z["stack"], index["meta"]
 
-
-def candidates_table(shards: list[str], keys: list[str]) -> pa.Table:
-    """The (shard, key) rows of ``dedup/candidates.parquet``."""
-    return pa.table({"shard": pa.array(shards, pa.string()), "key": pa.array(keys, pa.string())})
