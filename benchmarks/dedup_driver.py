@@ -13,7 +13,9 @@ trimmed): 1 % of rows ``undecodable: X`` (null sha256 and hashes), 2 % exact cop
 50 of them planted overlaps (a training row's pHash with 0-3 bits flipped).
 
 Measured, each in its own fresh process (``--impl``; wall time from after the imports, peak RSS of
-that process), the results saved to ``.npz`` and compared in the parent:
+that process as ``ru_maxrss``; the data is generated in a process of its own too and the parent
+holds nothing while they run, since Linux carries ``ru_maxrss`` over fork and exec), the results
+saved to ``.npz`` and compared in the parent:
 * ``reference``: the driver of 3e74267 — every hash file read whole and concatenated, reason codes,
   eval overlaps by one global search over all training rows (the old ``match_views``: both sides'
   views, ``search_pairs`` indexing the larger side; ``--reference-eval evalviews``: an ``EvalViews``
@@ -455,36 +457,54 @@ def run_webclip(run_url: str, args) -> tuple[dict, dict]:
     return result, info
 
 
+def _hwm_mib() -> float:
+    """VmHWM: the peak RSS of this process's own address space (not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(args) -> None:
+    out = Path(args.out)
+    if args.impl == "generate":
+        t0 = time.perf_counter()
+        planted = generate(args.run, args.n, args.shard_size, args.eval, args.seed)
+        np.savez(out.with_suffix(".npz"), **planted)
+        out.with_suffix(".json").write_text(json.dumps({"generate_s": time.perf_counter() - t0}))
+        return
     t0 = time.perf_counter()
     _imports()
     import_s = time.perf_counter() - t0
-    out = Path(args.out)
     if args.impl == "baseline":
-        info = {"peak_mib": _peak_mib(), "import_s": import_s}
+        info = {"peak_mib": _peak_mib()}
     else:
         fn = run_reference if args.impl == "reference" else run_webclip
         result, info = fn(args.run, args)
-        info["import_s"] = import_s
         np.savez(out.with_suffix(".npz"), **result)
+    info.update(import_s=import_s, hwm_mib=_hwm_mib())
     out.with_suffix(".json").write_text(json.dumps(info))
 
 
 # ------------------------------------------------------------- in the parent
+# The parent stays small (NumPy only, nothing loaded while children run): Linux carries a
+# process's peak RSS (ru_maxrss) across fork and exec, so a child's figure is at least its parent's.
 def _spawn(impl: str, run_url: str, work: Path, args) -> dict:
     out = work / f"result-{impl}"
     cmd = [sys.executable, __file__, "--impl", impl, "--run", run_url, "--out", str(out)]
-    cmd += ["--memory-limit", args.memory_limit, "--pool-dir", str(work / "pool_index")]
-    cmd += ["--reference-eval", args.reference_eval]
+    cmd += ["--n", str(args.n), "--shard-size", str(args.shard_size), "--eval", str(args.eval)]
+    cmd += ["--seed", str(args.seed), "--memory-limit", args.memory_limit]
+    cmd += ["--pool-dir", str(work / "pool_index"), "--reference-eval", args.reference_eval]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"--impl {impl} failed with exit status {proc.returncode}")
-    info = json.loads(out.with_suffix(".json").read_text())
-    if impl != "baseline":
-        with np.load(out.with_suffix(".npz")) as z:
-            info["result"] = {k: z[k] for k in z.files}
-    return info
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def _load(work: Path, impl: str) -> dict[str, np.ndarray]:
+    with np.load(work / f"result-{impl}.npz") as z:
+        return {k: z[k] for k in z.files}
 
 
 def _same(name: str, a: np.ndarray, b: np.ndarray) -> None:
@@ -565,7 +585,9 @@ def main() -> None:
         help="the reference's eval search: 3e74267's match_views (search_pairs, larger side indexed) "
         "or an EvalViews index probed by all training rows",
     )
-    ap.add_argument("--impl", choices=("baseline", "reference", "webclip"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--impl", choices=("generate", "baseline", "reference", "webclip"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--pool-dir", help=argparse.SUPPRESS)
@@ -582,19 +604,20 @@ def main() -> None:
     run_dir = work / "run"
     try:
         shutil.rmtree(run_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        planted = generate(str(run_dir), args.n, args.shard_size, args.eval, args.seed)
+        gen = _spawn("generate", str(run_dir), work, args)
         size = sum(p.stat().st_size for p in (run_dir / "hashes").glob("*.parquet"))
         n_shards = len(list((run_dir / "hashes").glob("*.parquet")))
         print(
             f"generated {args.n:,} training rows in {n_shards:,} hash files ({size / 2**20:,.0f} MiB), "
-            f"{args.eval:,} eval rows x 21 views, seed {args.seed} ({time.perf_counter() - t0:.1f}s, not measured)"
+            f"{args.eval:,} eval rows x 21 views, seed {args.seed} ({gen['generate_s']:.1f}s, not measured)"
         )
         results = {}
         for impl in ("baseline", "reference", "webclip"):
             shutil.rmtree(run_dir / "dedup", ignore_errors=True)
             results[impl] = _spawn(impl, str(run_dir), work, args)
         ref, web = results["reference"], results["webclip"]
+        ref["result"], web["result"] = _load(work, "reference"), _load(work, "webclip")
+        planted = _load(work, "generate")
         raw, touching = compare(ref["result"], web["result"], planted)
         print(
             "results identical: reason codes, exact-duplicate copies, near pairs, eval view pairs, "
@@ -636,6 +659,8 @@ def main() -> None:
         f"DuckDB (webclip): database file peak {web['db_peak'] / 2**20:,.1f} MiB, spill directory peak "
         f"{web['spill_peak'] / 2**20:,.1f} MiB (sampled every 0.1 s)"
     )
+    gap = max(abs(r["peak_mib"] - r["hwm_mib"]) for r in results.values())
+    print(f"peak RSS is ru_maxrss; VmHWM of each process agrees within {gap:,.0f} MiB")
     for label, r in (("reference", ref), ("webclip", web)):
         print(f"\n{label} phases (wall s, peak RSS MiB so far):")
         for name, s, peak in r["phases"]:
