@@ -7,7 +7,7 @@ substring values), every query probes the buckets of its substring XOR each mask
 ``<= r``, and the candidates are checked on the full 64 bits. Nothing within ``tau`` is missed;
 a pair found in several tables is kept only from the first table where it qualifies.
 
-All work is vectorised over a chunk of queries × masks; there is no per-query Python.
+The probe loop is compiled (:mod:`dedup.search_kernel`); building the tables is NumPy.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+
+from dedup.search_kernel import probe
 
 _MAX_TABLE_BITS = 24  # dense offset tables up to 2^24 int64 entries (128 MiB)
 
@@ -72,57 +74,42 @@ class HammingIndex:
             offs = np.zeros(2**b + 1, dtype=np.int64)
             np.cumsum(np.bincount(sub, minlength=2**b), out=offs[1:])
             self.tables.append((order.astype(np.int64), offs, _masks(b, r)))
+        self._packed = _pack(self)
         return self
 
     def _sub(self, h: np.ndarray, t: int) -> np.ndarray:
         return (h >> np.uint64(self.shifts[t])) & self.sub_masks[t]
 
-    def search(self, queries: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All pairs ``(query_index, db_index, distance)`` with distance ``<= tau``, sorted by (query, db)."""
         queries = np.ascontiguousarray(queries, dtype=np.uint64)
-        qs, ds, dists = [], [], []
-        for start in range(0, len(queries), chunk):
-            q, d, dist = self._search_chunk(queries[start : start + chunk])
-            qs.append(q + start)
-            ds.append(d)
-            dists.append(dist)
-        if not qs:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, np.zeros(0, np.int16)
-        q, d, dist = np.concatenate(qs), np.concatenate(ds), np.concatenate(dists)
+        cap = 4 * len(queries) + 1024
+        while True:
+            q, d, dist = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int16)
+            count = probe(queries, *self._packed, self.tau, self.r, q, d, dist)
+            if count <= cap:
+                break
+            cap = count  # the kernel counted every pair: one more pass with room for all
+        q, d, dist = q[:count], d[:count], dist[:count]
         order = np.lexsort((d, q))
         return q[order], d[order], dist[order]
 
-    def _search_chunk(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out_q, out_d, out_dist = [], [], []
-        for t, (order, offs, masks) in enumerate(self.tables):
-            keys = (self._sub(queries, t)[:, None] ^ masks[None, :]).astype(np.int64)  # (Q, M)
-            lo, hi = offs[keys], offs[keys + 1]
-            n = (hi - lo).ravel()
-            hit = np.flatnonzero(n)
-            if len(hit) == 0:
-                continue
-            n_hit, lo_hit = n[hit], lo.ravel()[hit]
-            total = int(n_hit.sum())
-            # Expand each non-empty bucket into its members without a Python loop.
-            starts = np.repeat(np.cumsum(n_hit) - n_hit, n_hit)
-            pos = np.arange(total, dtype=np.int64) - starts + np.repeat(lo_hit, n_hit)
-            qi = np.repeat(hit // keys.shape[1], n_hit)
-            di = order[pos]
-            x = queries[qi] ^ self.hashes[di]
-            dist = np.bitwise_count(x)
-            keep = dist <= self.tau
-            # Keep a pair only in the first table where its substring is within r flips.
-            for t0 in range(t):
-                sub0 = (x >> np.uint64(self.shifts[t0])) & self.sub_masks[t0]
-                keep &= np.bitwise_count(sub0) > self.r
-            out_q.append(qi[keep])
-            out_d.append(di[keep])
-            out_dist.append(dist[keep].astype(np.int16))
-        if not out_q:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, np.zeros(0, np.int16)
-        return np.concatenate(out_q), np.concatenate(out_d), np.concatenate(out_dist)
+
+def _pack(index: HammingIndex) -> tuple[np.ndarray, ...]:
+    """The tables as flat arrays for :func:`dedup.search_kernel.probe` (bucketed hashes … mask starts)."""
+    orders = np.stack([order for order, _, _ in index.tables]) if index.tables else np.zeros((0, 0), np.int64)
+    offsets = [offs for _, offs, _ in index.tables]
+    masks = [mk for _, _, mk in index.tables]
+    return (
+        index.hashes[orders] if len(orders) else np.zeros((0, 0), np.uint64),
+        np.asarray(index.shifts, np.uint64),
+        np.asarray(index.sub_masks, np.uint64),
+        orders,
+        np.concatenate(offsets),
+        np.cumsum([0, *(len(o) for o in offsets[:-1])]).astype(np.int64),
+        np.concatenate(masks).astype(np.uint64),
+        np.cumsum([0, *(len(mk) for mk in masks)]).astype(np.int64),
+    )
 
 
 def search_pairs(
