@@ -54,7 +54,8 @@ class PoolIndex:
         db = self.dir / "pool.duckdb"
         db.unlink(missing_ok=True)  # a killed run's leftover: this index is rebuilt every time
         self.con = duckdb.connect(str(db))
-        self.con.execute(f"SET temp_directory = '{self.dir / 'spill'}'")
+        spill = str(self.dir / "spill").replace("'", "''")  # a quote in the path must not end the literal
+        self.con.execute(f"SET temp_directory = '{spill}'")
         self.con.execute("SET preserve_insertion_order = false")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")

@@ -45,7 +45,7 @@ def _reference(h, sha, ok, tau):
 @pytest.mark.parametrize("tau", [0, 2, 5])
 def test_pool_duplicates_match_brute_force_across_shards(tau, tmp_path):
     h, sha, ok = _pool(2400, seed=tau)
-    work = tmp_path / "work"
+    work = tmp_path / "it's work"  # a quote in the path: DuckDB's settings are SQL literals
     with PoolIndex(str(work), memory_limit="256MB") as pool:
         for start in range(0, len(h), 700):  # shards of uneven size
             sl = slice(start, start + 700)
