@@ -30,6 +30,17 @@ from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
 PAIR_COLUMNS = ("train_row", "eval_row", "train_view", "eval_view", "distance")
+#: ``dedup/pairs/<shard>.parquet``; ``train_row`` is the row in the shard's hash file.
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("eval_set", pa.string()),
+        ("train_row", pa.int32()),
+        ("eval_row", pa.int32()),
+        ("train_view", pa.int8()),
+        ("eval_view", pa.int8()),
+        ("distance", pa.int16()),
+    ]
+)
 
 
 def pairs_path(shard: str) -> str:
@@ -47,11 +58,6 @@ class SetSearch:
     name: str
     tau: int
     digest: str
-
-
-def file_digest(run: RunDir, rel: str) -> str:
-    """sha256 (hex, 16 characters) of a run file's bytes."""
-    return hashlib.sha256(run.read_bytes(rel)).hexdigest()[:16]
 
 
 def hash_columns(table: pa.Table, views: tuple[View, ...] | list[View]) -> dict[str, np.ndarray]:
@@ -119,14 +125,8 @@ class OverlapSearchStage(Stage):
             n = len(pairs["train_row"])
             parts.append(
                 pa.table(
-                    {
-                        "eval_set": pa.array([search.name] * n, pa.string()),
-                        "train_row": pa.array(pairs["train_row"], pa.int32()),
-                        "eval_row": pa.array(pairs["eval_row"], pa.int32()),
-                        "train_view": pa.array(pairs["train_view"], pa.int8()),
-                        "eval_view": pa.array(pairs["eval_view"], pa.int8()),
-                        "distance": pa.array(pairs["distance"], pa.int16()),
-                    }
+                    {"eval_set": [search.name] * n, **{c: pairs[c] for c in PAIR_COLUMNS}},
+                    schema=PAIRS_SCHEMA,
                 )
             )
             stats.inc("view_pairs", n)
@@ -136,17 +136,7 @@ class OverlapSearchStage(Stage):
 
 
 def _empty_pairs() -> pa.Table:
-    return pa.table(
-        {
-            "eval_set": pa.array([], pa.string()),
-            **{
-                c: pa.array([], t)
-                for c, t in zip(
-                    PAIR_COLUMNS, (pa.int32(), pa.int32(), pa.int8(), pa.int8(), pa.int16()), strict=True
-                )
-            },
-        }
-    )
+    return PAIRS_SCHEMA.empty_table()
 
 
 def load_pairs(
