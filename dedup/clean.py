@@ -4,7 +4,8 @@ After :class:`~dedup.stage.DedupStage` has decided, on the driver, which samples
 (``<run>/dedup/decisions.parquet``: shard, key, uid, reason), each task copies one
 ``shards/NNNNN.tar`` to ``clean/NNNNN.tar`` without its flagged samples (``dedup.mode: remove``) or
 with all of them (``report``), and writes ``clean/NNNNN.parquet``: the shard's rows for the samples
-kept, plus ``dedup_reason``. Copying the whole dataset is the heavy part of dedup, so it runs on
+kept, plus ``dedup_reason``. A task reads only its own shard's rows of the decisions (written one
+row group per shard), so neither the driver nor a task holds them all. Copying the whole dataset is the heavy part of dedup, so it runs on
 the cluster like hashing, one completion marker per shard: an interrupted run redoes only the
 shards it had not finished. A task's id carries a digest of its shard's decisions, so a rerun whose
 decisions changed (another config, more eval sets) rewrites exactly the shards they touch.

@@ -123,7 +123,7 @@ class DedupConfig(Section):
     work_dir: str | None = Field(
         None,
         description="local directory for the driver's pool-duplicate database and its spill files "
-        "(about 60 bytes per training sample; default: a temporary directory, removed after)",
+        "(about 30 bytes per training sample; default: a temporary directory, removed after)",
     )
     memory_limit: str | None = Field(
         None,

@@ -69,7 +69,7 @@ def hash_columns(table: pa.Table, views: tuple[View, ...] | list[View]) -> dict[
 
 def ok_rows(table: pa.Table) -> np.ndarray:
     """Rows whose image was hashed (``status == "ok"``)."""
-    return np.asarray(table.column("status").to_numpy(zero_copy_only=False) == "ok", bool)
+    return pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
 
 
 # one worker process serves many shard tasks: each eval set is read and indexed once per process
@@ -148,7 +148,10 @@ def load_pairs(
     row numbers follow shard order.
     """
     per_set: dict[str, list[pa.Table]] = {name: [] for name in names}
-    read = lambda i: (i, run.read_parquet(pairs_path(shards[i])))  # noqa: E731
+
+    def read(i: int) -> tuple[int, pa.Table]:
+        return i, run.read_parquet(pairs_path(shards[i]))
+
     for i, table in ordered_map(read, range(len(shards))):
         if table.num_rows == 0:
             continue

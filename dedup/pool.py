@@ -49,7 +49,11 @@ class PoolIndex:
 
     def __init__(self, work_dir: str | None = None, memory_limit: str | None = None):
         self._owned = work_dir is None
-        self.dir = Path(tempfile.mkdtemp(prefix="webclip-dedup-")) if work_dir is None else Path(work_dir).expanduser()
+        self.dir = (
+            Path(tempfile.mkdtemp(prefix="webclip-dedup-"))
+            if work_dir is None
+            else Path(work_dir).expanduser()
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         db = self.dir / "pool.duckdb"
         db.unlink(missing_ok=True)  # a killed run's leftover: this index is rebuilt every time
@@ -60,7 +64,6 @@ class PoolIndex:
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.con.execute("CREATE TABLE pool (gid BIGINT, digest VARCHAR, h UBIGINT)")
-        self.rows = 0
 
     def add(
         self, first_gid: int, ok: np.ndarray, sha256: pa.ChunkedArray | pa.Array, phash: np.ndarray
@@ -80,7 +83,6 @@ class PoolIndex:
         self.con.register("batch", batch)
         self.con.execute("INSERT INTO pool SELECT gid, digest, h FROM batch")
         self.con.unregister("batch")
-        self.rows += len(keep)
 
     def exact_duplicates(self) -> tuple[np.ndarray, np.ndarray]:
         """``(copy, first)`` gids: every later copy of a byte-identical image and its first copy, by copy."""

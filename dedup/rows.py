@@ -65,7 +65,10 @@ class ShardRows:
 
     def iter_tables(self, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
         """``(shard index, table of columns)`` for every shard, in order."""
-        read = lambda i: (i, self.run.read_parquet(hashes_path(self.shards[i]), columns))  # noqa: E731
+
+        def read(i: int) -> tuple[int, pa.Table]:
+            return i, self.run.read_parquet(hashes_path(self.shards[i]), columns)
+
         yield from ordered_map(read, range(len(self.shards)))
 
     def iter_take(self, gids: np.ndarray, columns: tuple[str, ...]) -> Iterator[pa.Table]:

@@ -64,21 +64,30 @@ class HammingIndex:
         hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
         m, r = _plan(tau, len(hashes), n_query_hint or len(hashes))
         self = cls(hashes, tau, m, r)
-        self.bits = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
-        self.shifts = [int(s) for s in np.cumsum([0, *self.bits[:-1]])]
-        self.sub_masks = [np.uint64((1 << b) - 1) for b in self.bits]
-        self.tables = []
-        for b, s, mk in zip(self.bits, self.shifts, self.sub_masks, strict=True):
-            sub = ((hashes >> np.uint64(s)) & mk).astype(np.int64)
-            order = np.argsort(sub, kind="stable")
+        bits = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+        shifts = np.cumsum([0, *bits[:-1]]).astype(np.uint64)
+        sub_masks = np.array([(1 << b) - 1 for b in bits], np.uint64)
+        orders, offsets, masks = [], [], []
+        for b, s, mk in zip(bits, shifts, sub_masks, strict=True):
+            sub = ((hashes >> s) & mk).astype(np.int64)
+            orders.append(np.argsort(sub, kind="stable").astype(np.int64))
             offs = np.zeros(2**b + 1, dtype=np.int64)
             np.cumsum(np.bincount(sub, minlength=2**b), out=offs[1:])
-            self.tables.append((order.astype(np.int64), offs, _masks(b, r)))
-        self._packed = _pack(self)
+            offsets.append(offs)
+            masks.append(_masks(b, r))
+        order = np.stack(orders)  # [m, N]: db rows in each table's bucket order
+        # the arguments of dedup.search_kernel.probe, flattened once here
+        self._tables = (
+            hashes[order],  # each table's hashes in bucket order: a bucket is contiguous
+            shifts,
+            sub_masks,
+            order,
+            np.concatenate(offsets),
+            np.cumsum([0, *(len(o) for o in offsets[:-1])]).astype(np.int64),
+            np.concatenate(masks),
+            np.cumsum([0, *(len(mk) for mk in masks)]).astype(np.int64),
+        )
         return self
-
-    def _sub(self, h: np.ndarray, t: int) -> np.ndarray:
-        return (h >> np.uint64(self.shifts[t])) & self.sub_masks[t]
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All pairs ``(query_index, db_index, distance)`` with distance ``<= tau``, sorted by (query, db)."""
@@ -86,30 +95,13 @@ class HammingIndex:
         cap = 4 * len(queries) + 1024
         while True:
             q, d, dist = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int16)
-            count = probe(queries, *self._packed, self.tau, self.r, q, d, dist)
+            count = probe(queries, *self._tables, self.tau, self.r, q, d, dist)
             if count <= cap:
                 break
             cap = count  # the kernel counted every pair: one more pass with room for all
         q, d, dist = q[:count], d[:count], dist[:count]
         order = np.lexsort((d, q))
         return q[order], d[order], dist[order]
-
-
-def _pack(index: HammingIndex) -> tuple[np.ndarray, ...]:
-    """The tables as flat arrays for :func:`dedup.search_kernel.probe` (bucketed hashes … mask starts)."""
-    orders = np.stack([order for order, _, _ in index.tables]) if index.tables else np.zeros((0, 0), np.int64)
-    offsets = [offs for _, offs, _ in index.tables]
-    masks = [mk for _, _, mk in index.tables]
-    return (
-        index.hashes[orders] if len(orders) else np.zeros((0, 0), np.uint64),
-        np.asarray(index.shifts, np.uint64),
-        np.asarray(index.sub_masks, np.uint64),
-        orders,
-        np.concatenate(offsets),
-        np.cumsum([0, *(len(o) for o in offsets[:-1])]).astype(np.int64),
-        np.concatenate(masks).astype(np.uint64),
-        np.cumsum([0, *(len(mk) for mk in masks)]).astype(np.int64),
-    )
 
 
 def search_pairs(

@@ -91,7 +91,7 @@ class DedupStage(Stage):
             if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
                 raise ConfigError(
                     f"dedup.work_dir {work!r} cannot be created ({existing} is not a writable directory); "
-                    "give a local directory with room for about 60 bytes per training sample, or leave it unset"
+                    "give a local directory with room for about 30 bytes per training sample, or leave it unset"
                 )
 
     def check(self) -> None:
