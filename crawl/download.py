@@ -7,7 +7,7 @@ arrow shard files, its :class:`~img2dataset.downloader.Downloader` downloads wit
 supplies what it lacks:
 
 * the fetch function: :class:`crawl.fetch.SafeFetcher` (address checks on every hop, per-host cap,
-  429/503 backoff, size and pixel limits, a user agent naming webclip). img2dataset has no
+  429/503 pauses shared by every task through :mod:`crawl.host_gate`, size and pixel limits, a user agent naming webclip). img2dataset has no
   parameter for it: ``Downloader.download_shard`` calls the module-level name
   ``download_image_with_retry``. :class:`SafeDownloader` runs img2dataset's own ``download_shard``
   code with that one name bound to the webclip fetcher in a private namespace, so nothing in
@@ -31,6 +31,7 @@ import tarfile
 import tempfile
 import types
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,8 @@ class DownloadStage(Stage):
                 # img2dataset writes on the worker's own disk; only the finished, sorted shard goes
                 # to the run (which may be a bucket), once
                 with tempfile.TemporaryDirectory(prefix="webclip-shard-") as local_dir:
-                    fetcher = self._download(task, local_dir)
-                    self._publish(task, local_dir, tmp_rel, fetcher, stats)
+                    counters = self._download(task, local_dir)
+                    self._publish(task, local_dir, tmp_rel, counters, stats)
                 return
             except Exception:
                 if attempt == attempts - 1:
@@ -157,11 +158,10 @@ class DownloadStage(Stage):
                 with contextlib.suppress(Exception):
                     self.run.remove(tmp_rel, recursive=True)
 
-    def _download(self, task: Task, out_dir: str) -> SafeFetcher:
+    def _download(self, task: Task, out_dir: str) -> Counter[str]:
         """img2dataset's reader, downloader, resizer and writer for one shard, into local ``out_dir``."""
         from img2dataset.reader import Reader
         from img2dataset.resizer import Resizer
-        from img2dataset.writer import WebDatasetSampleWriter
 
         cfg = self.config.download
         p = task.payload
@@ -197,29 +197,38 @@ class DownloadStage(Stage):
                 min_image_size=cfg.min_image_size,
                 max_image_area=cfg.max_image_pixels,  # second guard behind the fetcher's header check
             )
-            fetcher = SafeFetcher(cfg)
-            downloader = _safe_downloader_class()(
-                fetcher,
-                sample_writer_class=WebDatasetSampleWriter,
-                resizer=resizer,
-                thread_count=cfg.thread_count,
-                save_caption=True,
-                extract_exif=False,
-                output_folder=out_dir,
-                column_list=reader.column_list,
-                timeout=cfg.timeout,
-                number_sample_per_shard=cfg.samples_per_shard,
-                oom_shard_count=SHARD_DIGITS,
-                compute_hash="sha256",
-                verify_hash_type=None,
-                encode_format=cfg.encode_format,
-                retries=cfg.retries,
-                user_agent_token=cfg.user_agent_token,
-                disallowed_header_directives=cfg.disallowed_header_directives or None,
-            )
-            # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
-            downloader.download_shard(shards[0])
-        return fetcher
+            with SafeFetcher(cfg) as fetcher:
+                self._run_downloader(fetcher, resizer, reader.column_list, shards[0], out_dir)
+        return fetcher.counters
+
+    def _run_downloader(
+        self, fetcher: SafeFetcher, resizer: Any, columns: list[str], shard: Any, out_dir: str
+    ) -> None:
+        """img2dataset's ``download_shard`` for one cut shard, fetching through ``fetcher``."""
+        from img2dataset.writer import WebDatasetSampleWriter
+
+        cfg = self.config.download
+        downloader = _safe_downloader_class()(
+            fetcher,
+            sample_writer_class=WebDatasetSampleWriter,
+            resizer=resizer,
+            thread_count=cfg.thread_count,
+            save_caption=True,
+            extract_exif=False,
+            output_folder=out_dir,
+            column_list=columns,
+            timeout=cfg.timeout,
+            number_sample_per_shard=cfg.samples_per_shard,
+            oom_shard_count=SHARD_DIGITS,
+            compute_hash="sha256",
+            verify_hash_type=None,
+            encode_format=cfg.encode_format,
+            retries=cfg.retries,
+            user_agent_token=cfg.user_agent_token,
+            disallowed_header_directives=cfg.disallowed_header_directives or None,
+        )
+        # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
+        downloader.download_shard(shard)
 
     def _expected_rows(self, task: Task) -> pa.Table:
         p = task.payload
@@ -227,7 +236,9 @@ class DownloadStage(Stage):
         table = self.run.read_parquet(p["part"], columns=["uid", "url", "text", "entry_ids"])
         return table.slice(p["index"] * size, size)
 
-    def _publish(self, task: Task, local_dir: str, tmp_rel: str, fetcher: SafeFetcher, stats: Stats) -> None:
+    def _publish(
+        self, task: Task, local_dir: str, tmp_rel: str, counters: Counter[str], stats: Stats
+    ) -> None:
         """Check the local shard, then place tar, stats and (last) parquet in ``shards/``."""
         name = task.id
         local = Path(local_dir)
@@ -261,7 +272,7 @@ class DownloadStage(Stage):
             if reason is not None:
                 stats.drop(reason)
         stats.inc("bytes", self.run.fs.size(self.run.path(self.run.SHARDS, name + ".tar")))
-        for key, value in fetcher.counters.items():
+        for key, value in counters.items():
             stats.inc(key, value)
 
     def _fill_missing(self, task: Task, table: pa.Table) -> pa.Table:

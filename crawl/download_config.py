@@ -46,6 +46,15 @@ class DownloadConfig(Section):
     per_host_concurrency: int = Field(
         8, ge=1, le=1024, description="max concurrent requests to one host from one shard task"
     )
+    pause_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description=(
+            "how often a shard task reads the cluster's host pauses (a 429/503 with Retry-After seen by "
+            "any task holds the host for every task within this delay)"
+        ),
+    )
     throttle_retries: int = Field(
         3, ge=0, le=20, description="retries of a 429/503 answer (honouring Retry-After) before giving up"
     )

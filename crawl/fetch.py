@@ -6,9 +6,12 @@ For every URL, and again for every redirect hop:
 * the host is resolved once, every address is checked by :class:`~crawl.safety.AddressPolicy`, the
   socket connects to a checked address (no second DNS lookup an attacker could change), and the
   address actually connected to is checked again;
-* at most ``per_host_concurrency`` requests to one host at a time (per shard task);
-* 429/503 are retried ``throttle_retries`` times, waiting ``Retry-After`` (or an exponential
-  backoff) capped at ``backoff_cap_seconds``;
+* at most ``per_host_concurrency`` requests to one host at a time (per shard task, first come first
+  served: :mod:`crawl.host_gate`);
+* 429/503 are retried ``throttle_retries`` times, after a pause of ``Retry-After`` (or an
+  exponential backoff) capped at ``backoff_cap_seconds``. The pause holds the host, not only the
+  request: every thread of the task at once, and every other task of the crawl from its next read of
+  the cluster's pause board (``pause_poll_seconds``);
 * ``X-Robots-Tag`` opt-outs are honoured with img2dataset's own parser;
 * at most ``max_image_bytes`` are read within ``timeout`` seconds, and the image header is read
   (without decoding) to refuse decompression bombs and non-images before img2dataset's resizer
@@ -37,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from crawl.download_config import DownloadConfig
+from crawl.host_gate import HostGate, PauseFeed
 from crawl.safety import AddressPolicy, RefusedAddress
 
 REDIRECTS = {301, 302, 303, 307, 308}
@@ -126,14 +130,18 @@ def _retry_after(value: str | None) -> float | None:
 class SafeFetcher:
     """Fetches image bytes under the safety and politeness rules of a :class:`DownloadConfig`.
 
-    One instance serves all threads of one shard task; the per-host semaphores live here.
+    One instance serves all threads of one shard task (its per-host slots and pauses live here);
+    :meth:`close` it when the task is done.
     """
 
     def __init__(self, config: DownloadConfig):
         self.config = config
         self.policy = AddressPolicy(config.allow_addresses)
         self.user_agent = config.user_agent
-        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        # A slot is held for one hop: the deadline (timeout) bounds it, plus connect attempts to a
+        # second address; the lease outlives that, so only a holder that overran loses it.
+        self.slots = HostGate(config.per_host_concurrency, ttl=2 * config.timeout + 5)
+        self.pauses = PauseFeed(self.slots, config.pause_poll_seconds)
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         # img2dataset's own X-Robots-Tag parser. Imported here, in the worker, before any download
@@ -144,13 +152,6 @@ class SafeFetcher:
         self._is_disallowed = is_disallowed
 
     # ------------------------------------------------------------------ helpers
-    def _slot(self, host: str) -> threading.BoundedSemaphore:
-        with self._lock:
-            slot = self._host_slots.get(host)
-            if slot is None:
-                slot = self._host_slots[host] = threading.BoundedSemaphore(self.config.per_host_concurrency)
-            return slot
-
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] += n
@@ -211,6 +212,18 @@ class SafeFetcher:
             if buf.tell() > limit:
                 raise FetchError("too_large", f"more than max_image_bytes {limit}")
 
+    def close(self) -> None:
+        """Stop reading the cluster's pauses (the task is done)."""
+        self.pauses.close()
+        if self.pauses.errors:
+            self._count("pause_board_errors", self.pauses.errors)
+
+    def __enter__(self) -> SafeFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def fetch(self, url: str) -> bytes:
         """Return the bytes of the image at ``url`` or raise :class:`FetchError` with a reason."""
         cfg = self.config
@@ -218,9 +231,8 @@ class SafeFetcher:
         throttled = 0
         while True:
             host = urllib.parse.urlsplit(url).hostname or ""
-            slot = self._slot(host)
-            deadline = time.monotonic() + cfg.timeout
-            with slot:
+            with self.slots.slot(host):  # one hop per slot: a redirect queues again for its host
+                deadline = time.monotonic() + cfg.timeout  # waiting for the slot is not the host's time
                 status, resp, conn = self._request(url, deadline)
                 try:
                     if status in REDIRECTS:
@@ -233,25 +245,23 @@ class SafeFetcher:
                         url = urllib.parse.urljoin(url, location)
                         continue
                     if status in THROTTLED and throttled < cfg.throttle_retries:
-                        wait = self._backoff(throttled, resp.getheader("Retry-After"))
+                        # the host asked its clients to slow down, not this one request: pause the
+                        # host for every thread and task, then queue again (no slot held meanwhile)
+                        self.pauses.post(host, self._backoff(throttled, resp.getheader("Retry-After")))
                         throttled += 1
                         self._count("throttled_waits")
-                    elif status != 200:
+                        continue
+                    if status != 200:
                         raise FetchError(f"http_{status}", resp.reason or "")
-                    else:
-                        if cfg.disallowed_header_directives and self._is_disallowed(
-                            resp.headers, cfg.user_agent_token.lower(), set(cfg.disallowed_header_directives)
-                        ):
-                            raise FetchError(
-                                "robots_noai", ", ".join(resp.headers.get_all("X-Robots-Tag", []))
-                            )
-                        data = self._read_body(resp, conn, deadline)
-                        self._count("bytes_downloaded", len(data))
-                        return data
+                    if cfg.disallowed_header_directives and self._is_disallowed(
+                        resp.headers, cfg.user_agent_token.lower(), set(cfg.disallowed_header_directives)
+                    ):
+                        raise FetchError("robots_noai", ", ".join(resp.headers.get_all("X-Robots-Tag", [])))
+                    data = self._read_body(resp, conn, deadline)
+                    self._count("bytes_downloaded", len(data))
+                    return data
                 finally:
                     conn.close()
-            # sleep outside the host slot so other URLs of the host are not held up by this one
-            time.sleep(wait)
 
     def check_image(self, data: bytes) -> None:
         """Read the image header (no decode): refuse non-images, truncated JPEGs and decompression bombs."""

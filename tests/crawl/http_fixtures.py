@@ -57,6 +57,8 @@ class ImageServer:
         self.hits: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight: Counter[str] = Counter()
+        self.throttled_at: float | None = None  # when /throttle-host/ answered its 429
+        self.retry_after = 1  # seconds that 429 asks for
         self.lock = threading.Lock()
         self.httpd = _QuietServer((host, 0), self._handler())
         self.host, self.port = self.httpd.server_address[:2]
@@ -151,6 +153,17 @@ class ImageServer:
                     self._send(200, self._photo(arg), headers={"X-Robots-Tag": "noai"})
                 elif route == "noai-otherbot":  # addressed to another crawler: webclip may fetch
                     self._send(200, self._photo(arg), headers={"X-Robots-Tag": "otherbot: noai, noimageai"})
+                elif route == "throttle-host":  # /throttle-host/<tag>/<name>: the tag's first request gets 429
+                    with server.lock:
+                        server.hits[f"throttle-host/{arg}"] += 1
+                        first = server.hits[f"throttle-host/{arg}"] == 1
+                    if first:
+                        self._send(429, b"slow down", "text/plain", {"Retry-After": str(server.retry_after)})
+                        with server.lock:
+                            server.throttled_at = time.monotonic()  # after the answer went out
+                    else:
+                        time.sleep(0.2)
+                        self._send(200, self._photo(parts[2] if len(parts) > 2 else "x"))
                 elif route == "busy":  # counts concurrent requests to this host
                     with server.lock:
                         server.in_flight += 1
