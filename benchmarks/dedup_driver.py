@@ -31,9 +31,14 @@ saved to ``.npz`` and compared in the parent:
   ``load_pairs``; then ``ShardRows.take`` of the candidate rows. The DuckDB database and spill
   directory are sampled every 0.1 s for their peak size.
 * ``baseline``: a process that only imports the same modules: the RSS both are measured above.
-Both must give the same reason codes, exact copies, near pairs (the old search also listed pairs
-that touch an exact copy, which the old driver labelled "exact"; those are left out before
-comparing; their rows were candidates too), eval view pairs and candidate identifiers (webclip's
+
+``--cluster M`` plants one image copied M times (one pHash, new bytes each), as the web repeats
+popular images: the old search lists M²/2 pairs for it, webclip about M rows.
+Both must give the same reason codes, exact copies, near pairs (the old search listed every pair;
+webclip lists each later image's closest earlier matches that are the first of their pHash,
+``dedup.pool.NEAREST`` at most, so the old pairs are cut to those before comparing; the old search
+also listed pairs that touch an exact copy, which the old driver labelled "exact"; those are left
+out too; their rows were candidates too), eval view pairs and candidate identifiers (webclip's
 candidates looked up among the old ones), or the run fails. The planted copies and overlaps are
 checked to be found.
 """
@@ -114,7 +119,9 @@ def _flip(rng: np.random.Generator, h: np.ndarray, nbits: np.ndarray) -> np.ndar
     return h ^ np.bitwise_or.reduce(masks, axis=1)
 
 
-def generate(run_url: str, n: int, shard_size: int, n_eval: int, seed: int) -> dict[str, np.ndarray]:
+def generate(
+    run_url: str, n: int, shard_size: int, n_eval: int, seed: int, cluster: int = 0
+) -> dict[str, np.ndarray]:
     """Write the synthetic hash files; return what was planted (for the checks)."""
     import pyarrow as pa
 
@@ -137,6 +144,13 @@ def generate(run_url: str, n: int, shard_size: int, n_eval: int, seed: int) -> d
     near, near_src = copies[~is_exact], src[~is_exact]
     near_bits = rng.integers(1, 3, len(near))
     ph[near] = _flip(rng, ph[near_src], near_bits)
+    if cluster:  # one image copied `cluster` times, each copy re-encoded: one pHash, new bytes
+        plain = np.setdiff1d(np.flatnonzero(cat[1000:] == ORIGINAL) + 1000, src)  # no copy's source
+        members = np.sort(rng.choice(plain, min(cluster, len(plain)), replace=False))
+        ph[members] = ph[0] ^ np.uint64(1 << 5)
+        near = np.concatenate([near, members])
+        near_src = np.concatenate([near_src, np.zeros(len(members), np.int64)])
+        near_bits = np.concatenate([near_bits, np.ones(len(members), near_bits.dtype)])
     trim = np.where(rng.random(n) < 0.8, ph, _u64(rng, n))
     ph[exact], trim[exact], sha[exact] = ph[exact_src], trim[exact_src], sha[exact_src]
     ok = cat != UNDECODABLE
@@ -198,6 +212,7 @@ def generate(run_url: str, n: int, shard_size: int, n_eval: int, seed: int) -> d
         "eval_row": planted_eval,
         "eval_bits": planted_bits,
         "ph": ph,
+        "ok": ok,
     }
 
 
@@ -469,7 +484,7 @@ def child(args) -> None:
     out = Path(args.out)
     if args.impl == "generate":
         t0 = time.perf_counter()
-        planted = generate(args.run, args.n, args.shard_size, args.eval, args.seed)
+        planted = generate(args.run, args.n, args.shard_size, args.eval, args.seed, args.cluster)
         np.savez(out.with_suffix(".npz"), **planted)
         out.with_suffix(".json").write_text(json.dumps({"generate_s": time.perf_counter() - t0}))
         return
@@ -493,7 +508,7 @@ def _spawn(impl: str, run_url: str, work: Path, args) -> dict:
     out = work / f"result-{impl}"
     cmd = [sys.executable, __file__, "--impl", impl, "--run", run_url, "--out", str(out)]
     cmd += ["--n", str(args.n), "--shard-size", str(args.shard_size), "--eval", str(args.eval)]
-    cmd += ["--seed", str(args.seed), "--memory-limit", args.memory_limit]
+    cmd += ["--seed", str(args.seed), "--memory-limit", args.memory_limit, "--cluster", str(args.cluster)]
     cmd += ["--pool-dir", str(work / "pool_index"), "--reference-eval", args.reference_eval]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -520,6 +535,20 @@ def _same(name: str, a: np.ndarray, b: np.ndarray) -> None:
     raise AssertionError(msg)
 
 
+def _nearest_firsts(pairs: np.ndarray, planted: dict, excluded: np.ndarray) -> np.ndarray:
+    """The old search's every pair, cut to what webclip lists since it stopped listing every pair of
+    a cluster: per later row, earlier rows that are the first of their pHash, NEAREST closest."""
+    from dedup.pool import NEAREST
+
+    rows = np.setdiff1d(np.flatnonzero(planted["ok"]), excluded)
+    _, first_at = np.unique(planted["ph"][rows], return_index=True)
+    keep = pairs[np.isin(pairs[:, 1], rows[first_at])]
+    keep = keep[np.lexsort((keep[:, 1], keep[:, 2], keep[:, 0]))]
+    rank = np.arange(len(keep)) - np.searchsorted(keep[:, 0], keep[:, 0])
+    keep = keep[rank < NEAREST]
+    return keep[np.lexsort((keep[:, 1], keep[:, 0]))]
+
+
 def compare(ref: dict, web: dict, planted: dict) -> tuple[int, int]:
     """Assert both implementations agree and found what was planted; returns (raw old near pairs, touching copies)."""
     _same("reason codes", ref["reason"], web["reason"])
@@ -527,7 +556,7 @@ def compare(ref: dict, web: dict, planted: dict) -> tuple[int, int]:
     raw = ref["near"]
     copies = web["exact_copy"]
     touch = np.isin(raw[:, 0], copies) | np.isin(raw[:, 1], copies)
-    _same("near pairs (later, earlier, distance)", raw[~touch], web["near"])
+    _same("near pairs (later, earlier, distance)", _nearest_firsts(raw[~touch], planted, copies), web["near"])
     for k in ("train_row", "eval_row", "train_view", "eval_view", "distance"):
         _same(f"eval view pairs ({k})", ref[f"eval_{k}"], web[f"eval_{k}"])
     # The old driver's candidates also held the rows of near pairs touching an exact copy (it
@@ -578,6 +607,9 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="1GB", help="DuckDB's memory limit (PoolIndex)")
     ap.add_argument("--workdir", help="where the run directory goes (default: a temporary one, removed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cluster", type=int, default=0, help="plant one image copied this many times (one pHash, new bytes)"
+    )
     ap.add_argument(
         "--reference-eval",
         choices=("old", "evalviews"),

@@ -106,9 +106,8 @@ class HostGate:
     def _acquire(self, host: str) -> int:
         with self._lock:
             if host not in self._waiters:
-                # nobody queued for the host: take a free slot at once. Queueing every request would
-                # hand slots from thread to thread through GIL switches (a convoy: 25 % fewer
-                # images/s in benchmarks/download.py); the queue is only for when the host is full
+                # nobody queued for the host: take a free slot at once. The queue is only for when
+                # the host is full or paused; through it, every slot is handed on by a wake-up
                 lease, _ = self._table.try_acquire(host, self.cap, self.ttl, time.monotonic())
                 if lease is not None:
                     return lease

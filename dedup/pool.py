@@ -7,10 +7,12 @@ time, into a DuckDB database in a local work directory, and DuckDB runs both as 
 to disk past its memory limit.
 
 The near-duplicate search is exact multi-index hashing (as :mod:`dedup.search`) written as
-equi-joins: the 64 bits are cut into ``tau + 1`` substrings, and two hashes within ``tau`` bits
-agree on at least one of them (pigeonhole). Each substring is one self-join on equality, checked
-on the full 64 bits; a pair is kept only from the first substring on which it agrees, so none is
-reported twice.
+equi-joins over the pool's *distinct* hashes: the 64 bits are cut into ``tau + 1`` substrings, and
+two hashes within ``tau`` bits agree on at least one of them (pigeonhole). Each substring is one
+self-join on equality, checked on the full 64 bits; a pair is kept only from the first substring on
+which it agrees, so none is reported twice. Each image is then matched to the first image of each
+hash near its own, its closest :data:`NEAREST` kept: linear in the size of a cluster of copies,
+not quadratic.
 
 Rows are named by global row numbers (``gid``, :mod:`dedup.rows`); the *later* copy (larger gid)
 is the one flagged, so the first copy of an image in shard order stays.
@@ -29,6 +31,9 @@ import pyarrow.compute as pc
 
 #: Leading hex digits of the sha256 compared: 128 bits identify an image.
 DIGEST_CHARS = 32
+#: Earlier matches kept per image by :meth:`PoolIndex.near_pairs` (each is verified; one confirmed
+#: match flags the image).
+NEAREST = 3
 
 
 def _substrings(tau: int) -> list[tuple[int, int]]:
@@ -99,10 +104,18 @@ class PoolIndex:
         return _i64(out["copy"]), _i64(out["first"])
 
     def near_pairs(self, tau: int, exclude: np.ndarray | None = None) -> np.ndarray:
-        """``[k, 3]`` int64 (later gid, earlier gid, distance) of every pair within ``tau`` bits, sorted.
+        """``[k, 3]`` int64 (later gid, earlier gid, distance): each image's closest earlier matches.
 
-        Rows in ``exclude`` (e.g. the later copies of exact duplicates, already flagged; their
-        first copy has the same hash) are left out of the search.
+        For every image, the earlier images within ``tau`` bits that are the first of their hash
+        (the earliest row with that exact pHash), at most :data:`NEAREST` of them, closest first
+        (ties: earlier first); sorted by (later, earlier). Rows in ``exclude`` (e.g. the later
+        copies of exact duplicates, already flagged; their first copy has the same hash) are left
+        out of the search.
+
+        Why not every pair: the web repeats images thousands of times, re-encoded or resized, and
+        such copies mostly share one pHash. A cluster of m copies has m²/2 pairs (50 million at
+        m = 10,000), but m - 1 rows here. The join runs over distinct hashes, and each image is
+        matched to the first image of each hash near its own.
         """
         if not 0 <= tau <= 32:
             raise ValueError(f"pool tau must be in 0..32, got {tau}")
@@ -115,20 +128,35 @@ class PoolIndex:
             "excluded", pa.table({"gid": pa.array(_i64(exclude if exclude is not None else []))})
         )
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE near AS SELECT gid, h, {cols} FROM pool "
+            "CREATE OR REPLACE TEMP TABLE near AS SELECT gid, h FROM pool "
             "WHERE gid NOT IN (SELECT gid FROM excluded)"
         )
         self.con.unregister("excluded")
-        joins = []
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE reps AS SELECT h, min(gid) AS first, {cols} FROM near GROUP BY h"
+        )
+        # pairs of distinct hashes within tau, both ways round, each from the first substring they share
+        links = ["SELECT h AS ha, h AS hb, 0 AS dist FROM reps"]
         for i in range(len(subs)):
             earlier_differ = "".join(f" AND a.c{j} <> b.c{j}" for j in range(i))
-            joins.append(
-                f"SELECT a.gid AS later, b.gid AS earlier, bit_count(xor(a.h, b.h)) AS dist "
-                f"FROM near a JOIN near b ON a.c{i} = b.c{i} AND a.gid > b.gid "
+            links.append(
+                f"SELECT a.h AS ha, b.h AS hb, bit_count(xor(a.h, b.h)) AS dist "
+                f"FROM reps a JOIN reps b ON a.c{i} = b.c{i} AND a.h <> b.h "
                 f"WHERE bit_count(xor(a.h, b.h)) <= {tau}{earlier_differ}"
             )
-        out = self.con.execute(" UNION ALL ".join(joins) + " ORDER BY later, earlier").fetchnumpy()
-        self.con.execute("DROP TABLE near")
+        # a table, not a CTE: inlined, the optimizer joined near with reps first (a cross product)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE links AS {' UNION ALL '.join(links)}")
+        out = self.con.execute(
+            f"""
+            SELECT n.gid AS later, r.first AS earlier, l.dist AS dist
+            FROM near n JOIN links l ON n.h = l.ha JOIN reps r ON r.h = l.hb
+            WHERE r.first < n.gid
+            QUALIFY row_number() OVER (PARTITION BY n.gid ORDER BY l.dist, r.first) <= {NEAREST}
+            ORDER BY later, earlier
+            """
+        ).fetchnumpy()
+        for table in ("near", "reps", "links"):
+            self.con.execute(f"DROP TABLE {table}")
         return np.stack([_i64(out["later"]), _i64(out["earlier"]), _i64(out["dist"])], axis=1)
 
     def close(self) -> None:

@@ -315,8 +315,9 @@ class DedupStage(Stage):
         ids: _RowIds,
     ) -> pa.Table:
         """``pool_duplicates.parquet``: every exact copy with its first copy (no thumbnail check: the
-        bytes are identical), and every near pair with its verification score; confirmed near
-        copies are flagged ``near_dup`` unless already flagged."""
+        bytes are identical), and every near copy with its closest earlier matches (``PoolIndex.near_pairs``)
+        and their verification scores; a near copy with a confirmed match is flagged ``near_dup``
+        unless already flagged."""
         cfg = self.config.dedup
         plain = np.zeros(len(near), np.int64)  # view 0: phash
         score = (

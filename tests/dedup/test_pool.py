@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dedup.pool import PoolIndex
+from dedup.pool import NEAREST, PoolIndex
 from dedup.rows import ShardRows, hashes_path, ordered_map
 from dedup.search import brute_force_pairs
 from pipeline.rundir import RunDir
@@ -36,10 +36,23 @@ def _reference(h, sha, ok, tau):
         else:
             first[digest] = row
     rest = np.setdiff1d(np.flatnonzero(ok), copy)
-    q, d, dist = brute_force_pairs(h[rest], h[rest], tau)
-    later = rest[q] > rest[d]
-    near = np.stack([rest[q][later], rest[d][later], dist[later]], axis=1).astype(np.int64)
-    return np.array(copy), np.array(of), near[np.lexsort((near[:, 1], near[:, 0]))]
+    return np.array(copy), np.array(of), _nearest_firsts(rest, h, tau)
+
+
+def _nearest_firsts(rows: np.ndarray, h: np.ndarray, tau: int) -> np.ndarray:
+    """Per row, the earlier rows within tau that come first among their hash, NEAREST closest, brute force."""
+    firsts: dict[int, int] = {}
+    for row in rows:  # rows ascend: the first row seen with a hash is its first
+        firsts.setdefault(int(h[row]), int(row))
+    first_rows = np.array(sorted(firsts.values()), dtype=np.int64)
+    q, d, dist = brute_force_pairs(h[rows], h[first_rows], tau)
+    later, earlier = rows[q], first_rows[d]
+    keep = earlier < later
+    cand = np.stack([later[keep], earlier[keep], dist[keep]], axis=1).astype(np.int64)
+    cand = cand[np.lexsort((cand[:, 1], cand[:, 2], cand[:, 0]))]  # by later, then distance, then earlier
+    rank = np.arange(len(cand)) - np.searchsorted(cand[:, 0], cand[:, 0])
+    near = cand[rank < NEAREST]
+    return near[np.lexsort((near[:, 1], near[:, 0]))]
 
 
 @pytest.mark.parametrize("tau", [0, 2, 5])
@@ -67,12 +80,29 @@ def test_pool_without_exclusions_and_empty(tmp_path):
         pool.add(0, ok, pa.array(sha), h)
         near = pool.near_pairs(2)
         workdir = pool.dir
-    rows = np.flatnonzero(ok)
-    q, d, _ = brute_force_pairs(h[rows], h[rows], 2)
-    assert len(near) == int(np.sum(rows[q] > rows[d]))  # identical copies included when not excluded
+    # identical copies are included when not excluded
+    assert np.array_equal(near, _nearest_firsts(np.flatnonzero(ok), h, 2))
     assert not workdir.exists()  # its own temporary directory is removed
     with pytest.raises(ValueError, match="tau"), PoolIndex() as pool:
         pool.near_pairs(40)
+
+
+def test_a_big_cluster_of_copies_gives_one_row_per_copy_not_every_pair():
+    """4,000 re-encoded copies of one image (one pHash) and 1,000 with a bit changed: 5,000 rows,
+    where every pair would be 12.5 million."""
+    rng = np.random.default_rng(3)
+    base = np.uint64(0x9E3779B97F4A7C15)
+    h = np.full(5000, base, dtype=np.uint64)
+    h[rng.choice(5000, 1000, replace=False)] ^= np.uint64(1) << np.uint64(7)
+    h[:3] = rng.integers(0, np.iinfo(np.uint64).max, 3, dtype=np.uint64)  # unrelated images come first
+    sha = np.array([f"{i:064x}" for i in range(5000)])
+    with PoolIndex() as pool:
+        pool.add(0, np.ones(5000, bool), pa.array(sha), h)
+        near = pool.near_pairs(4)
+    assert np.array_equal(near, _nearest_firsts(np.arange(5000), h, 4))
+    firsts = {int(np.flatnonzero(h == v)[0]) for v in np.unique(h[3:])}
+    assert set(near[:, 1].tolist()) <= firsts  # every copy points at the first of a hash
+    assert len(near) <= 2 * 5000  # each copy: its own hash's first and the other hash's first
 
 
 def test_shard_rows_number_rows_and_read_back_identifiers(tmp_path):
