@@ -7,8 +7,8 @@ arrow shard files, its :class:`~img2dataset.downloader.Downloader` downloads wit
 supplies what it lacks:
 
 * the fetch function: :class:`crawl.fetch.SafeFetcher` (address checks on every hop, per-host cap,
-  429/503 pauses shared by every task through :mod:`crawl.host_gate`, size and pixel limits, a user agent naming webclip). img2dataset has no
-  parameter for it: ``Downloader.download_shard`` calls the module-level name
+  429/503 pauses shared by every task through :mod:`crawl.host_gate`, size and pixel limits, a
+  user agent naming webclip). img2dataset has no parameter for it: ``Downloader.download_shard`` calls the module-level name
   ``download_image_with_retry``. :class:`SafeDownloader` runs img2dataset's own ``download_shard``
   code with that one name bound to the webclip fetcher in a private namespace, so nothing in
   img2dataset is copied or patched globally;
