@@ -8,10 +8,10 @@ supplies what it lacks:
 
 * the fetch function: :class:`crawl.fetch.SafeFetcher` (address checks on every hop, per-host cap,
   429/503 pauses shared by every task through :mod:`crawl.host_gate`, size and pixel limits, a
-  user agent naming webclip). img2dataset has no parameter for it: ``Downloader.download_shard`` calls the module-level name
-  ``download_image_with_retry``. :class:`SafeDownloader` runs img2dataset's own ``download_shard``
-  code with that one name bound to the webclip fetcher in a private namespace, so nothing in
-  img2dataset is copied or patched globally;
+  user agent naming webclip). img2dataset has no parameter for it: ``Downloader.download_shard``
+  calls the module-level name ``download_image_with_retry``. :class:`SafeDownloader` runs
+  img2dataset's own ``download_shard`` code with that one name bound to the webclip fetcher in a
+  private namespace, so nothing in img2dataset is copied or patched globally;
 * the distribution: one pipeline task per img2dataset shard, numbered deterministically from the
   curated parts, run by :func:`pipeline.runner.run_stage` on Ray — completion markers, retries of
   failed shards and a report of those that still fail (img2dataset's Ray distributor has none);
