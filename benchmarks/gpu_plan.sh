@@ -5,7 +5,8 @@
 # Each part prints JSON lines (benchmarks/train.py) and keeps them in $OUT/<part>.jsonl;
 # `python benchmarks/gpu_report.py <files_at>/*.jsonl` turns them into one Markdown table.
 #   mfu      ViT-B/16 bf16 ZeRO-2 batch 384, compiled: bare loop vs webclip's DeepSpeed step on
-#            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU)
+#            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU);
+#            then the DeepSpeed step with per-tensor parameters (train.flat_params=false) to compare
 #   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer, the old
 #            check_grad_overflow=true, 5e8 buckets
 #   factors2 likewise: ZeRO-2 without contiguous_gradients (~500 fewer host ops per step on tiny-vit),
@@ -38,7 +39,10 @@ else
 fi
 bench() { python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl"; }
 case "$part" in
-  mfu) bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 --count-ops 3 ;;
+  mfu)
+    bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 --count-ops 3
+    # DeepSpeed over each of the 302 parameter tensors, as before train.flat_params (session 7)
+    bench "${B16[@]}" --mode deepspeed --data synthetic --count-ops 3 --flat-params off ;;
   factors|factors2)
     # one item per run; an item may hold several settings separated by '+'
     if [ "$part" = factors ]; then

@@ -19,6 +19,7 @@ COLUMNS = [
     ("mode", "loop"),
     ("data", "data"),
     ("ds_set", "DeepSpeed overrides"),
+    ("flat_params", "flat params"),
     ("samples_per_s", "samples/s"),
     ("ms_per_step", "ms/step"),
     ("mfu", "MFU"),
@@ -34,6 +35,8 @@ def _cell(key: str, value) -> str:
         return ""
     if key == "ds_set":
         return ", ".join(f"`{v}`" for v in value) or "as shipped"
+    if key == "flat_params":
+        return "yes" if value else "no"
     if key == "mfu":
         return f"{100 * value:.1f} %"
     if isinstance(value, float):

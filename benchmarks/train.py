@@ -55,12 +55,12 @@ def matmul_peak_tflops(device: torch.device) -> float:
     return 2 * 8192**3 * 10 / (time.perf_counter() - t) / 1e12
 
 
-def train_flops_per_sample(model_name: str, vocab: int) -> float:
+def train_flops_per_sample(model_name: str, model_kwargs: dict) -> float:
     """Forward + backward FLOPs of one sample, counted by torch's FlopCounterMode on CPU."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(model_name, vocab_size=vocab)
-    size = model.config.image_size
+    model = build_model(model_name, **model_kwargs)
+    size, vocab = model.config.image_size, model.config.vocab_size
     images, tokens = torch.randn(2, 3, size, size), torch.randint(1, vocab - 1, (2, 77))
     tokens[:, -1] = vocab - 1
     with FlopCounterMode(display=False) as counter:
@@ -198,10 +198,10 @@ def dynamo_counts() -> dict[str, int]:
     }
 
 
-def bare_step_fn(model_name: str, vocab: int, device: torch.device, bf16: bool, compile_: bool):
+def bare_step_fn(model_name: str, model_kwargs: dict, device: torch.device, bf16: bool, compile_: bool):
     """Plain PyTorch: fp32 weights, bf16 autocast on GPU, fused AdamW, grad clipping."""
     torch.manual_seed(0)
-    model = build_model(model_name, vocab_size=vocab).to(device)
+    model = build_model(model_name, **model_kwargs).to(device)
     opt = adamw(model.parameters(), lr=1e-4)  # fused where torch has the kernel, as the trainer
     fwd = torch.compile(model) if compile_ else model
     loss_fn = ClipLoss()
@@ -235,16 +235,18 @@ def apply_ds_sets(cfg: dict, sets: list[str]) -> None:
 
 def ds_step_fn(
     model_name: str,
-    vocab: int,
+    model_kwargs: dict,
     device: torch.device,
     batch: int,
     ds_json: str,
     compile_: bool,
     ds_sets: list[str] | None = None,
+    flat_params: bool | None = None,
 ):
     """webclip's trainer step as ``train.trainer.train`` runs it: DeepSpeed engine from the resolved
-    config (throughput timer off, no per-step engine monitor), param groups, gathered loss, master-weight
-    clamp, and the per-step metrics kept on the device and read every 10 steps (``MetricsLog``)."""
+    config (throughput timer off, no per-step engine monitor), flat parameters per ``train.flat_params``
+    (``flat_params``), param groups, gathered loss, master-weight clamp, and the per-step metrics kept
+    on the device and read every 10 steps (``MetricsLog``)."""
     import deepspeed
 
     from train.config import TrainConfig
@@ -252,10 +254,13 @@ def ds_step_fn(
         adamw,
         clamp_logit_scale,
         engine_config,
+        model_for_engine,
         param_groups,
         resolve_ds_config,
         skip_cpu_shm_comm_build,
+        zero_stage_of,
     )
+    from train.flat_params import FlatParameters
     from train.metrics import MetricsLog
     from train.trainer import accumulate_step
 
@@ -272,11 +277,12 @@ def ds_step_fn(
 
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     torch.manual_seed(0)
-    model = scalars_as_vectors(build_model(model_name, vocab_size=vocab))
-    tc = TrainConfig(batch_size=batch, model=model_name)
+    model = scalars_as_vectors(build_model(model_name, **model_kwargs))
+    tc = TrainConfig(batch_size=batch, model=model_name, flat_params=flat_params)
     log_dir = Path(tempfile.mkdtemp())
     cfg = resolve_ds_config(ds_json, tc, str(log_dir))
     apply_ds_sets(cfg, ds_sets or [])
+    model = model_for_engine(model, tc.flat_params_for(zero_stage_of(cfg)))
     opt = adamw(param_groups(model, 0.2), lr=1e-4)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=engine_config(cfg))
     if compile_:
@@ -299,6 +305,7 @@ def ds_step_fn(
         if state["step"] % 10 == 0:
             metrics.flush()
 
+    step.flat_params = isinstance(model, FlatParameters)  # for the benchmark's row
     return step
 
 
@@ -345,15 +352,35 @@ def main() -> None:
         help="override the resolved DeepSpeed config, e.g. bf16.check_grad_overflow=false, "
         "timers.throughput.enabled=true, zero_optimization.reduce_bucket_size=5e8",
     )
+    ap.add_argument(
+        "--flat-params",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="train.flat_params for the DeepSpeed loop (auto: on for ZeRO 0-2)",
+    )
+    ap.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ModelConfig override (VALUE as JSON) for both loops, e.g. vision_width=64 text_width=64: "
+        "a ViT-B/16's 302 parameter tensors at a width where the step is host work (DeepSpeed's "
+        "per-tensor overhead measured on CPU)",
+    )
     args = ap.parse_args()
 
-    vocab = 49408
+    model_kwargs: dict = {"vocab_size": 49408}
+    for item in args.model_set:
+        key, _, raw = item.partition("=")
+        model_kwargs[key] = json.loads(raw)
+    vocab = model_kwargs["vocab_size"]
+    flat = {"auto": None, "on": True, "off": False}[args.flat_params]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
-    size = build_model(args.model, vocab_size=vocab).config.image_size
-    flops = train_flops_per_sample(args.model, vocab)
+    size = build_model(args.model, **model_kwargs).config.image_size
+    flops = train_flops_per_sample(args.model, model_kwargs)
     peak = matmul_peak_tflops(device) if gpu else None
     base = {
         "model": args.model,
@@ -365,6 +392,7 @@ def main() -> None:
         "compile": args.compile,
         "deepspeed_config": Path(args.deepspeed_config).name,
         "ds_set": args.ds_set,
+        "model_set": args.model_set,
     }
     print(json.dumps(base), flush=True)
 
@@ -377,10 +405,17 @@ def main() -> None:
 
             counters.clear()
         if mode == "bare":
-            step = bare_step_fn(args.model, vocab, device, gpu, args.compile)
+            step = bare_step_fn(args.model, model_kwargs, device, gpu, args.compile)
         else:
             step = ds_step_fn(
-                args.model, vocab, device, args.batch, args.deepspeed_config, args.compile, args.ds_set
+                args.model,
+                model_kwargs,
+                device,
+                args.batch,
+                args.deepspeed_config,
+                args.compile,
+                args.ds_set,
+                flat,
             )
         for src in sources:
             if src == "synthetic":
@@ -397,6 +432,7 @@ def main() -> None:
             row = {
                 "mode": mode,
                 "data": src,
+                "flat_params": getattr(step, "flat_params", None),
                 "ms_per_step": round(sec * 1000, 1),
                 "samples_per_s": round(sps, 1),
                 "peak_rss_mb": round(peak_rss_mb()),

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from pipeline.errors import ConfigError
 from pipeline.section import Section
 
 
@@ -80,6 +81,12 @@ class TrainConfig(Section):
         description="torch.compile the model through engine.compile(); None: on for CUDA with ZeRO 0-2, "
         "off on CPU and under ZeRO-3",
     )
+    flat_params: bool | None = Field(
+        None,
+        description="hold the parameters as one flat tensor per AdamW group, so DeepSpeed's per-parameter "
+        "ZeRO loops run twice per step instead of once per tensor; None: on for ZeRO 0-2, off for ZeRO-3 "
+        "(which gathers each parameter whole); checkpoints resume only with the same setting",
+    )
     # checkpoints and logging
     checkpoint_every: int = Field(
         50, ge=0, description="save a checkpoint every N steps (0: only at the end)"
@@ -97,6 +104,18 @@ class TrainConfig(Section):
     )
     eval_limit: int = Field(500, ge=1, description="images per eval set for zero-shot during training")
     stop_after: int | None = Field(None, ge=1, description="exit after this step without finishing (tests)")
+
+    def flat_params_for(self, zero_stage: int) -> bool:
+        """``flat_params`` resolved for ``zero_stage`` (None: on for ZeRO 0-2); ConfigError under ZeRO-3."""
+        if self.flat_params is None:
+            return zero_stage < 3
+        if self.flat_params and zero_stage >= 3:
+            raise ConfigError(
+                "train.flat_params: ZeRO-3 partitions and gathers each parameter on its own, and would "
+                "gather a flat parameter (the whole model) at once; set train.flat_params=false or "
+                "leave it unset (off under ZeRO-3)"
+            )
+        return self.flat_params
 
     @field_validator("model")
     @classmethod

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from train.config import TrainConfig
+from train.flat_params import FlatParameters
 
 NO_DECAY_NAMES = ("logit_scale", "logit_bias")
 
@@ -100,21 +101,44 @@ def precision_of(ds_cfg: dict[str, Any]) -> str:
     return "fp32"
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices/kernels only; none on gains, biases, embeddings' 1-d
-    vectors, the logit scale or bias (CLIP / open_clip practice)."""
+def param_group_names(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """``[("decay", names), ("no_decay", names)]``: decay on weight matrices/kernels only; none on gains,
+    biases, embeddings' 1-d vectors, the logit scale or bias (CLIP / open_clip practice)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if p.ndim < 2 or "bn" in name or "ln" in name or name.endswith("bias") or name in NO_DECAY_NAMES:
-            no_decay.append(p)
+            no_decay.append(name)
         else:
-            decay.append(p)
+            decay.append(name)
+    return [("decay", decay), ("no_decay", no_decay)]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups per :func:`param_group_names`; a :class:`FlatParameters` model's groups are its
+    flat tensors, built from the same names."""
+    decays = {"decay": weight_decay, "no_decay": 0.0}
+    if isinstance(model, FlatParameters):
+        return [{"params": [model.flat(g)], "weight_decay": decays[g], "name": g} for g in model.groups]
+    params = dict(model.named_parameters())
     return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": [params[n] for n in names], "weight_decay": decays[g], "name": g}
+        for g, names in param_group_names(model)
     ]
+
+
+def zero_stage_of(ds_cfg: dict[str, Any]) -> int:
+    """The ZeRO stage of a resolved DeepSpeed config."""
+    return int(ds_cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def model_for_engine(model: nn.Module, flat_params: bool) -> nn.Module:
+    """What the engine gets: ``model`` with one flat parameter per AdamW group (:mod:`train.flat_params`)
+    when ``flat_params`` (``TrainConfig.flat_params_for``), else ``model`` itself."""
+    if not flat_params:
+        return model
+    return FlatParameters(model, param_group_names(model))
 
 
 def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
@@ -157,6 +181,16 @@ def apply_lr_schedule(optimizer: Any, scheduler: Any, base_lr: float) -> float:
     return old
 
 
+def _logit_scale_location(module: nn.Module) -> tuple[nn.Parameter, int, int]:
+    """``(parameter, first element, elements)`` of ``logit_scale``: its own parameter, or its range in
+    a flat parameter."""
+    if isinstance(module, FlatParameters):
+        slot = module.slot("logit_scale")
+        return module.flat(slot.group), slot.offset, slot.numel
+    p = module.logit_scale
+    return p, 0, p.numel()
+
+
 def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
     """Clamp ``logit_scale`` to ``max_log_scale`` on the master (fp32) weights *and* the module's copy.
 
@@ -166,7 +200,7 @@ def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
     """
     import deepspeed
 
-    p = engine.module.logit_scale
+    p, start, n = _logit_scale_location(engine.module)
     zero3 = hasattr(p, "ds_id")
     if zero3:
         # clamping is elementwise, so each rank clamps its own fp32 partition; the "full" setter fails
@@ -177,10 +211,15 @@ def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
         if local is not None and local.numel() > 0:
             safe_set_local_fp32_param(p, local.clamp(max=max_log_scale))
     elif getattr(p, "_hp_mapping", None) is not None:
-        # ZeRO 1/2 and the bf16 optimizer keep fp32 partitions: each rank clamps, in place, the fragment
-        # of the parameter its partition holds (the mapping is None on ranks holding none).
+        # ZeRO 1/2 and the bf16 optimizer keep fp32 partitions: each rank clamps, in place, the part of
+        # the range its fragment of the parameter holds (the mapping is None on ranks holding none).
         # safe_get/set_full_fp32_param would all-reduce the whole parameter every step to the same end.
-        p._hp_mapping.get_hp_fragment().data.clamp_(max=max_log_scale)
+        frag = p._hp_mapping
+        lo = max(start, frag.lp_fragment_address.start)
+        hi = min(start + n, frag.lp_fragment_address.start + frag.lp_fragment_address.numel)
+        if lo < hi:
+            base = frag.lp_fragment_address.start
+            frag.get_hp_fragment().data[lo - base : hi - base].clamp_(max=max_log_scale)
     opt = getattr(engine, "optimizer", None)
     # fp16 without ZeRO: FP16_Optimizer keeps flat fp32 copies of its fp16 groups
     flat = getattr(opt, "fp32_groups_flat", None)
@@ -189,18 +228,19 @@ def clamp_logit_scale(engine: Any, max_log_scale: float) -> None:
             offset = 0
             for q in group:
                 if q is p:
-                    master.data[offset : offset + q.numel()].clamp_(max=max_log_scale)
+                    master.data[offset + start : offset + start + n].clamp_(max=max_log_scale)
                 offset += q.numel()
     if zero3:
         with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
             p.data.clamp_(max=max_log_scale)
     else:
         with torch.no_grad():
-            p.data.clamp_(max=max_log_scale)
+            p.data.view(-1)[start : start + n].clamp_(max=max_log_scale)
 
 
 def full_fp32_state_dict(engine: Any) -> dict[str, torch.Tensor]:
-    """The model's full fp32 state dict from the master weights (collective; every rank gets it)."""
+    """The model's full fp32 state dict from the master weights, under the model's own (OpenAI's) names
+    and key order (collective; every rank gets it)."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
@@ -214,10 +254,16 @@ def full_fp32_state_dict(engine: Any) -> dict[str, torch.Tensor]:
                     hp = p.data.detach().float().clone()
             else:
                 hp = p.detach().float().clone()
-        hp = hp.detach().cpu().float().clone()
-        sd[name] = hp.reshape(()) if name in NO_DECAY_NAMES else hp  # OpenAI keeps the scale 0-dim
+        sd[name] = hp.detach().cpu().float().clone()
     for name, b in module.named_buffers():
         b = b.detach().cpu().clone()
         sd[name] = b.float() if b.is_floating_point() else b
-    order = list(module.state_dict(keep_vars=True).keys())  # the module's (= OpenAI's) key order
-    return {k: sd[k] for k in order if k in sd}
+    if isinstance(module, FlatParameters):
+        sd = {k: v.clone() for k, v in module.unflatten(sd).items()}
+    else:
+        order = list(module.state_dict(keep_vars=True).keys())  # the module's (= OpenAI's) key order
+        sd = {k: sd[k] for k in order if k in sd}
+    for name in NO_DECAY_NAMES:  # OpenAI keeps the scale 0-dim; DeepSpeed needs [1]
+        if name in sd:
+            sd[name] = sd[name].reshape(())
+    return sd

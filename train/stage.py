@@ -60,6 +60,12 @@ class TrainStage(Stage):
             raise ConfigError(
                 f"train.deepspeed_config: {tc.deepspeed_config!r} does not exist; use infra/deepspeed/*.json"
             )
+        try:
+            ds_json = json.loads((ds if ds.is_absolute() else REPO / ds).read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"train.deepspeed_config: {tc.deepspeed_config}: not valid JSON: {exc}") from None
+        stage = ds_json.get("zero_optimization", {}).get("stage", 0) if tc.zero_stage is None else tc.zero_stage
+        tc.flat_params_for(int(stage))  # ZeRO-3 with train.flat_params=true stops here
         if tc.launcher == "deepspeed" and shutil.which("deepspeed") is None and tc.num_procs > 1:
             raise ConfigError(
                 "train.launcher=deepspeed but no `deepspeed` on PATH; install deepspeed or use torchrun"

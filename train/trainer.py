@@ -29,12 +29,15 @@ from train.dsutil import (
     engine_config,
     full_fp32_state_dict,
     make_monitor,
+    model_for_engine,
     param_groups,
     precision_of,
     resolve_ds_config,
     skip_cpu_shm_comm_build,
+    zero_stage_of,
 )
 from train.export import write_export
+from train.flat_params import unwrap
 from train.loss import make_loss
 from train.metrics import MetricsLog, log0, rewind_logs
 from train.model import build_model, scalars_as_vectors
@@ -162,6 +165,10 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     ckpt_dir = out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    # the DeepSpeed JSON and what depends on it are checked before any work
+    ds_cfg = resolve_ds_config(ds_config_path or tc.deepspeed_config, tc, str(out_dir / "logs"))
+    zero_stage = zero_stage_of(ds_cfg)
+    flat = tc.flat_params_for(zero_stage)
     urls = shard_urls(cfg, run)
     tokenizer = get_tokenizer(tc, urls, out_dir, rank)
     overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, **tc.model_overrides}
@@ -172,8 +179,7 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     if tc.grad_checkpointing:
         model.set_grad_checkpointing(True)
     image_size = model.config.image_size
-
-    ds_cfg = resolve_ds_config(ds_config_path or tc.deepspeed_config, tc, str(out_dir / "logs"))
+    model = model_for_engine(model, flat)
     optimizer = adamw(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, tc.steps, tc.warmup, tc.lr, tc.min_lr)
@@ -183,7 +189,6 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     )
     monitor = make_monitor(ds_cfg)
     loss_fn = make_loss(tc.loss, rank, world)
-    zero_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
     compiled = compile_enabled(tc, device, zero_stage)
     if compiled:
         engine.compile()  # torch.compile of the module inside the engine (keeps ZeRO hooks working)
@@ -192,7 +197,8 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         rank,
         f"{tc.model} on {world} x {device.type}, ZeRO-{zero_stage}, {precision_of(ds_cfg)}, "
         f"batch {tc.batch_size} x accum {tc.grad_accum} x {world} = {tc.batch_size * tc.grad_accum * world}, "
-        f"{'compiled' if compiled else 'eager'}, {workers} loader workers",
+        f"{'compiled' if compiled else 'eager'}, {'flat' if flat else 'per-tensor'} parameters, "
+        f"{workers} loader workers",
     )
     if rank == 0:
         (out_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2) + "\n")
@@ -362,7 +368,7 @@ def run_eval(
 
     from train.transforms import eval_transform
 
-    module = engine.module
+    module = unwrap(engine.module)
     gather = (
         deepspeed.zero.GatheredParameters(list(module.parameters()))
         if zero_stage == 3

@@ -181,6 +181,16 @@ def single(tmp_path_factory, shards) -> dict[str, Any]:
             "train.checkpoint_every=0",
         ),
         "big": Run(root, "big", shards, "zero2_fp32.json", "train.batch_size=16", *resume),
+        # the run above, flat by default under ZeRO-2, with DeepSpeed stepping each parameter tensor
+        "per_tensor": Run(
+            root,
+            "per_tensor",
+            shards,
+            "zero2_fp32.json",
+            "train.batch_size=16",
+            *resume,
+            "train.flat_params=false",
+        ),
         "acc": Run(root, "acc", shards, "zero2_fp32.json", *acc),
         "killed": Run(root, "killed", shards, "zero2_fp32.json", *acc),
         "eval": Run(root, "eval", shards, "zero2_fp32.json", *rn, "train.eval_every=2"),
@@ -204,7 +214,8 @@ def single(tmp_path_factory, shards) -> dict[str, Any]:
         killed = Proc(runs["killed"])
         # ZeRO-3 replaces torch.nn.functional.linear for the rest of its process: it runs last in its
         # process; the runs compared exactly (eval/noeval) run first in theirs
-        procs += [killed, Proc(runs["noeval"], runs["acc"]), Proc(runs["eval"], runs["big"], runs["zero3"])]
+        procs += [killed, Proc(runs["noeval"], runs["acc"], runs["per_tensor"])]
+        procs += [Proc(runs["eval"], runs["big"], runs["zero3"])]
         _wait_for_step(killed, 4)  # a row of step 4 is written after the step-3 checkpoint is complete
         assert killed.proc.poll() is None, (
             "the run ended before it was killed\n" + runs["killed"].log.read_text()
@@ -243,6 +254,22 @@ def test_grad_accumulation_equals_one_big_batch(single):
     assert sorted(la) == sorted(lb) == list(range(1, 7))
     for step in la:
         assert abs(la[step] - lb[step]) < 1e-4, (step, la[step], lb[step])
+
+
+def test_flat_parameters_train_as_per_tensor_parameters(single):
+    """ZeRO-2 over one flat parameter per AdamW group (the default) trains as DeepSpeed over each
+    parameter tensor: the same losses and the same exported weights (only the gradient norm's
+    summation order differs)."""
+    flat, per_tensor = single["big"], single["per_tensor"]
+    assert "flat parameters" in flat.log.read_text() and "per-tensor parameters" in per_tensor.log.read_text()
+    la, lb = flat.losses(), per_tensor.losses()
+    assert sorted(la) == sorted(lb) == list(range(1, 7))
+    for step in la:
+        assert abs(la[step] - lb[step]) < 1e-5, (step, la[step], lb[step])
+    a, b = flat.export(), per_tensor.export()
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
 
 def test_kill_and_resume_gives_the_same_losses(single):
