@@ -100,6 +100,24 @@ def _latest_tag(ckpt_dir: Path) -> str | None:
     return latest.read_text().strip() if latest.is_file() else None
 
 
+PARAMS_LAYOUT = "params_layout"  # in the checkpoint folder: "flat" or "per-tensor"
+
+
+def check_params_layout(ckpt_dir: Path, flat: bool, resume: bool) -> None:
+    """Stop before any work when the checkpoints to resume were written with the other
+    ``train.flat_params`` setting (DeepSpeed would fail later, on a state dict's missing keys)."""
+    marker = ckpt_dir / PARAMS_LAYOUT
+    if not (resume and _latest_tag(ckpt_dir) and marker.is_file()):
+        return
+    saved = marker.read_text().strip()
+    if saved != ("flat" if flat else "per-tensor"):
+        raise ConfigError(
+            f"train.flat_params: the checkpoints in {ckpt_dir} hold {saved} parameters; set "
+            f"train.flat_params={'true' if saved == 'flat' else 'false'} to resume them, or "
+            "train.resume=false (or a new run directory) to start over"
+        )
+
+
 def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
     for old in tags[:-keep]:
@@ -169,6 +187,7 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     ds_cfg = resolve_ds_config(ds_config_path or tc.deepspeed_config, tc, str(out_dir / "logs"))
     zero_stage = zero_stage_of(ds_cfg)
     flat = tc.flat_params_for(zero_stage)
+    check_params_layout(ckpt_dir, flat, tc.resume)
     urls = shard_urls(cfg, run)
     tokenizer = get_tokenizer(tc, urls, out_dir, rank)
     overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, **tc.model_overrides}
@@ -254,6 +273,7 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
             str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "data": states}
         )
         if rank == 0:
+            (ckpt_dir / PARAMS_LAYOUT).write_text("flat\n" if flat else "per-tensor\n")
             _prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
 
     while step < tc.steps:

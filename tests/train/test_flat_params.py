@@ -133,3 +133,14 @@ def test_flat_params_under_zero3_stops_the_stage_before_any_work(tmp_path, make_
     with pytest.raises(ConfigError, match=r"train\.flat_params: ZeRO-3 .* set train\.flat_params=false"):
         stage.validate()
     assert not (tmp_path / "run").exists()
+
+
+def test_resuming_checkpoints_of_the_other_layout_stops_before_any_work(tmp_path):
+    from train.trainer import check_params_layout
+
+    (tmp_path / "latest").write_text("step3")
+    (tmp_path / "params_layout").write_text("per-tensor\n")
+    check_params_layout(tmp_path, flat=False, resume=True)
+    check_params_layout(tmp_path, flat=True, resume=False)  # starting over: nothing to match
+    with pytest.raises(ConfigError, match=r"hold per-tensor parameters; set train\.flat_params=false"):
+        check_params_layout(tmp_path, flat=True, resume=True)

@@ -262,6 +262,8 @@ def test_flat_parameters_train_as_per_tensor_parameters(single):
     summation order differs)."""
     flat, per_tensor = single["big"], single["per_tensor"]
     assert "flat parameters" in flat.log.read_text() and "per-tensor parameters" in per_tensor.log.read_text()
+    for run, layout in ((flat, "flat"), (per_tensor, "per-tensor")):  # what a resume is checked against
+        assert (run.dir / "train" / "checkpoints" / "params_layout").read_text().strip() == layout
     la, lb = flat.losses(), per_tensor.losses()
     assert sorted(la) == sorted(lb) == list(range(1, 7))
     for step in la:
