@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from pipeline.errors import ConfigError
 from pipeline.section import Section
+
+
+def read_ds_json(path: str | Path) -> dict[str, Any]:
+    """The DeepSpeed JSON at ``path``; ConfigError naming the file when it is missing or not JSON."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"train.deepspeed_config: {str(path)!r} does not exist; pass one of infra/deepspeed/*.json")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
 
 
 class TrainConfig(Section):
@@ -104,6 +117,12 @@ class TrainConfig(Section):
     )
     eval_limit: int = Field(500, ge=1, description="images per eval set for zero-shot during training")
     stop_after: int | None = Field(None, ge=1, description="exit after this step without finishing (tests)")
+
+    def zero_stage_in(self, ds_json: dict[str, Any]) -> int:
+        """The ZeRO stage a run with this config and DeepSpeed JSON uses (``zero_stage`` overrides)."""
+        if self.zero_stage is not None:
+            return self.zero_stage
+        return int(ds_json.get("zero_optimization", {}).get("stage", 0))
 
     def flat_params_for(self, zero_stage: int) -> bool:
         """``flat_params`` resolved for ``zero_stage`` (None: on for ZeRO 0-2); ConfigError under ZeRO-3."""

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
-from train.config import TrainConfig
+from train.config import TrainConfig, read_ds_json
 from train.flat_params import FlatParameters
 
 NO_DECAY_NAMES = ("logit_scale", "logit_bias")
@@ -20,15 +17,7 @@ NO_DECAY_NAMES = ("logit_scale", "logit_bias")
 def resolve_ds_config(path: str, tc: TrainConfig, log_dir: str) -> dict[str, Any]:
     """Read the DeepSpeed JSON and fill in what the webclip config owns (batch, accumulation, clipping,
     precision and stage overrides, monitors). The JSON owns the rest (ZeRO tuning, bucket sizes)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"train.deepspeed_config: {path!r} does not exist; pass one of infra/deepspeed/*.json"
-        )
-    try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    cfg = read_ds_json(path)
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch × accumulation × world
     cfg["train_micro_batch_size_per_gpu"] = tc.batch_size
     cfg["gradient_accumulation_steps"] = tc.grad_accum
@@ -40,9 +29,7 @@ def resolve_ds_config(path: str, tc: TrainConfig, log_dir: str) -> dict[str, Any
     # forward and in every step() (two host syncs per micro-step, draining the GPU queue) to print a
     # samples/s webclip already measures itself. Off unless the JSON asks for it.
     cfg.setdefault("timers", {"throughput": {"enabled": False, "synchronized": False}})
-    zero = cfg.setdefault("zero_optimization", {"stage": 0})
-    if tc.zero_stage is not None:
-        zero["stage"] = tc.zero_stage
+    cfg.setdefault("zero_optimization", {"stage": 0})["stage"] = tc.zero_stage_in(cfg)
     if tc.precision != "auto":
         for key in ("bf16", "fp16"):
             cfg[key] = {**cfg.get(key, {}), "enabled": tc.precision == key}

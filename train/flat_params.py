@@ -72,6 +72,7 @@ class FlatParameters(nn.Module):
                 flat = torch.cat([params[n].detach().reshape(-1) for n in names])
             self.register_parameter(f"flat_{group}", nn.Parameter(flat))
         self._group_slots = {g: [s for s in self.slots if s.group == g] for g, _ in groups}
+        self._slot_by_name = {s.name: s for s in self.slots}
         self._owners: list[tuple[nn.Module, str]] = []
         for slot in self.slots:
             owner_name, _, leaf = slot.name.rpartition(".")
@@ -98,10 +99,7 @@ class FlatParameters(nn.Module):
 
     def slot(self, name: str) -> Slot:
         """The slot of the original parameter ``name`` (``KeyError`` if it has none)."""
-        for s in self.slots:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        return self._slot_by_name[name]
 
     def _set_views(self) -> None:
         # Straight into each module's __dict__: plain tensors, not Parameters, and without

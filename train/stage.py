@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
+from train.config import read_ds_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,12 +61,8 @@ class TrainStage(Stage):
             raise ConfigError(
                 f"train.deepspeed_config: {tc.deepspeed_config!r} does not exist; use infra/deepspeed/*.json"
             )
-        try:
-            ds_json = json.loads((ds if ds.is_absolute() else REPO / ds).read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"train.deepspeed_config: {tc.deepspeed_config}: not valid JSON: {exc}") from None
-        stage = ds_json.get("zero_optimization", {}).get("stage", 0) if tc.zero_stage is None else tc.zero_stage
-        tc.flat_params_for(int(stage))  # ZeRO-3 with train.flat_params=true stops here
+        ds_json = read_ds_json(ds if ds.is_absolute() else REPO / ds)
+        tc.flat_params_for(tc.zero_stage_in(ds_json))  # ZeRO-3 with train.flat_params=true stops here
         if tc.launcher == "deepspeed" and shutil.which("deepspeed") is None and tc.num_procs > 1:
             raise ConfigError(
                 "train.launcher=deepspeed but no `deepspeed` on PATH; install deepspeed or use torchrun"
