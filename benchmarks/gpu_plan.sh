@@ -6,7 +6,11 @@
 # `python benchmarks/gpu_report.py <files_at>/*.jsonl` turns them into one Markdown table.
 #   mfu      ViT-B/16 bf16 ZeRO-2 batch 384, compiled: bare loop vs webclip's DeepSpeed step on
 #            synthetic data; host syncs per step and dynamo graph breaks of each (target: >= 40 % MFU);
-#            then the DeepSpeed step with per-tensor parameters (train.flat_params=false) to compare
+#            then the DeepSpeed step with per-tensor parameters (train.flat_params=false) to compare.
+#            Each row names the kernels behind addmm/mm/bmm (--gemm-kernels 2: gemm_kernels and
+#            gemm_old_arch_share), so a misaligned operand (an sm75 cutlass kernel on Hopper) shows in
+#            one call (issue 17: 288 addmm a step on cutlass_75_..._s1688gemm, 1.76 ms each)
+#   large    ViT-L/14 (batch 256) bare vs DeepSpeed ZeRO-2, then RN50 channels-last (batch 512)
 #   factors  the DeepSpeed step with one setting changed at a time: the old throughput timer, the old
 #            check_grad_overflow=true, 5e8 buckets
 #   factors2 likewise: ZeRO-2 without contiguous_gradients (~500 fewer host ops per step on tiny-vit),
@@ -20,16 +24,21 @@
 # no nvidia-smi): run it here before a GPU session, so a GPU call does not fail on plumbing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_plan.sh mfu|factors|factors2|loader|profile}
+part=${1:?usage: gpu_plan.sh mfu|large|factors|factors2|loader|profile}
+PART_TIMEOUT=${PART_TIMEOUT:-420}  # seconds per benchmark run: a hung run must not eat the device call
 OUT=${OUT:-/tmp/gpu_plan}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 B16=(--model ViT-B-16 --batch 384 --steps 12 --warmup 4 --compile --deepspeed-config infra/deepspeed/zero2.json)
 B32=(--model ViT-B-32 --batch 768 --steps 12 --warmup 4 --compile --deepspeed-config infra/deepspeed/zero2.json)
+L14=(--model ViT-L-14 --batch 256 --steps 8 --warmup 3 --compile --deepspeed-config infra/deepspeed/zero2.json)
+RN50=(--model RN50 --batch 512 --steps 10 --warmup 3 --compile --channels-last --deepspeed-config infra/deepspeed/zero2.json)
 PHOTOS=.whl/photos SHARDS=/tmp/shards MAKE=20000 WORKERS=15
 if [ "${GPU_PLAN_SMOKE:-0}" = 1 ]; then
   B16=(--model tiny-vit --batch 8 --steps 2 --warmup 1 --compile --deepspeed-config infra/deepspeed/zero2.json)
   B32=("${B16[@]}")
+  L14=("${B16[@]}")
+  RN50=(--model tiny-rn --batch 8 --steps 2 --warmup 1 --compile --channels-last --deepspeed-config infra/deepspeed/zero2.json)
   PHOTOS=.whl/photos SHARDS=$OUT/shards MAKE=1000 WORKERS=2  # photos: made by benchmarks/gpu_wheels.sh
   python3 -c "import platform; print('smoke run on', platform.processor() or 'CPU')" | tee "$OUT/device.txt"
 else
@@ -37,12 +46,18 @@ else
   export PYTHONPATH=/tmp/site:$PWD/.whl/site
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 fi
-bench() { python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl"; }
+bench() {
+  timeout "$PART_TIMEOUT" python3 benchmarks/train.py "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$part.jsonl" \
+    || echo "{\"failed\": \"$*\", \"rc\": $?}" | tee -a "$OUT/$part.jsonl"
+}
 case "$part" in
   mfu)
-    bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 --count-ops 3
+    bench "${B16[@]}" --mode both --data synthetic --sync-debug 5 --count-ops 3 --gemm-kernels 2
     # DeepSpeed over each of the 302 parameter tensors, as before train.flat_params (session 7)
-    bench "${B16[@]}" --mode deepspeed --data synthetic --count-ops 3 --flat-params off ;;
+    bench "${B16[@]}" --mode deepspeed --data synthetic --count-ops 3 --flat-params off --gemm-kernels 2 ;;
+  large)
+    bench "${L14[@]}" --mode both --data synthetic --gemm-kernels 2
+    bench "${RN50[@]}" --mode both --data synthetic --gemm-kernels 2 ;;
   factors|factors2)
     # one item per run; an item may hold several settings separated by '+'
     if [ "$part" = factors ]; then

@@ -11,7 +11,10 @@ trainer's own (``accumulate_step``, the master-weight clamp, ``MetricsLog``) on 
 resolved config as ``train.trainer.train`` builds it. ``--compile`` adds dynamo's graph-break and graph
 counts; ``--sync-debug N`` (GPU) the implicit host syncs per step torch flags; ``--count-ops N`` the
 aten ops dispatched per step (host work, the same count on CPU and GPU); ``--profile DIR`` a
-torch.profiler trace and op table of 3 steps per loop.
+torch.profiler trace and op table of 3 steps per loop; ``--gemm-kernels N`` (GPU) the device kernels
+behind ``aten::addmm``/``mm``/``bmm`` over N steps, by name, with calls and time: a misaligned operand
+shows as an old-generation kernel family (``cutlass_75_…s1688gemm`` on Hopper instead of
+``nvjet_sm90_…``). ``--channels-last`` runs convolutional models (RN50) on NHWC images and weights.
 """
 
 from __future__ import annotations
@@ -69,15 +72,17 @@ def train_flops_per_sample(model_name: str, model_kwargs: dict) -> float:
     return counter.get_total_flops() / 2
 
 
-def synthetic_batches(batch: int, size: int, vocab: int, device: torch.device):
-    """One fixed batch on the device, normalised every step as the trainer normalises loader batches."""
+def synthetic_batches(batch: int, size: int, vocab: int, device: torch.device, nhwc: bool = False):
+    """One fixed batch on the device, normalised every step as the trainer normalises loader batches
+    (``nhwc``: the normalised images in channels-last memory format)."""
     g = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (batch, size, size, 3), generator=g, dtype=torch.uint8).to(device)
     tokens = torch.randint(1, vocab - 1, (batch, 77), generator=g)
     tokens[:, 20] = vocab - 1
     tokens = tokens.to(device)
     while True:
-        yield normalize_images(pixels), tokens
+        images = normalize_images(pixels)
+        yield (images.contiguous(memory_format=torch.channels_last) if nhwc else images), tokens
 
 
 def shard_batches(shard_dir: str, batch: int, size: int, workers: int, device: torch.device):
@@ -169,6 +174,59 @@ def profile_steps(step, batches, steps: int, out: Path, name: str, device: torch
     (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
 
 
+GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::linear")
+
+
+def gemm_kernels(step, batches, steps: int, top: int = 6) -> dict[str, object]:
+    """The device kernels launched under the GEMM aten ops over ``steps`` steps, by kernel name: calls
+    per step and ms per step of each of the ``top`` (by time), and the share of GEMM time on kernels
+    whose names say they were built for an architecture older than Hopper's sm90 (``cutlass_75``,
+    ``s1688gemm``, ``sm80``, ``ampere``), which is where a misaligned bias sends cuBLASLt."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(*next(batches))
+        torch.cuda.synchronize()
+    calls: dict[str, int] = defaultdict(int)
+    us: dict[str, float] = defaultdict(float)
+    events = prof.events()
+    for evt in events:
+        if evt.name not in GEMM_OPS:
+            continue
+        for k in getattr(evt, "kernels", []):  # device kernels correlated with this host op
+            calls[k.name] += 1
+            us[k.name] += k.duration
+    source = "correlated"
+    if not us:  # no correlation in this torch build: every device kernel whose name says GEMM
+        source = "by_name"
+        for evt in events:
+            name = evt.name.lower()
+            if evt.device_type != torch.autograd.DeviceType.CPU and any(
+                x in name for x in ("gemm", "nvjet", "cutlass", "xmma")
+            ):
+                calls[evt.name] += 1
+                us[evt.name] += evt.device_time_total if hasattr(evt, "device_time_total") else 0.0
+    total = sum(us.values()) or 1.0
+    old = sum(t for n, t in us.items() if any(x in n for x in ("cutlass_75", "s1688", "sm80", "ampere")))
+    ranked = sorted(us, key=us.get, reverse=True)[:top]
+    return {
+        "gemm_kernels_from": source,
+        "gemm_ms_per_step": round(total / 1000 / steps, 1),
+        "gemm_old_arch_share": round(old / total, 3),
+        "gemm_kernels": [
+            {
+                "kernel": n[:120],
+                "calls_per_step": calls[n] / steps,
+                "ms_per_step": round(us[n] / 1000 / steps, 2),
+            }
+            for n in ranked
+        ],
+    }
+
+
 def count_host_ops(step, batches, steps: int) -> dict[str, float]:
     """aten ops dispatched per step (views included), counted by torch.profiler on the host.
 
@@ -198,10 +256,14 @@ def dynamo_counts() -> dict[str, int]:
     }
 
 
-def bare_step_fn(model_name: str, model_kwargs: dict, device: torch.device, bf16: bool, compile_: bool):
+def bare_step_fn(
+    model_name: str, model_kwargs: dict, device: torch.device, bf16: bool, compile_: bool, nhwc: bool = False
+):
     """Plain PyTorch: fp32 weights, bf16 autocast on GPU, fused AdamW, grad clipping."""
     torch.manual_seed(0)
     model = build_model(model_name, **model_kwargs).to(device)
+    if nhwc:
+        model = model.to(memory_format=torch.channels_last)
     opt = adamw(model.parameters(), lr=1e-4)  # fused where torch has the kernel, as the trainer
     fwd = torch.compile(model) if compile_ else model
     loss_fn = ClipLoss()
@@ -242,6 +304,7 @@ def ds_step_fn(
     compile_: bool,
     ds_sets: list[str] | None = None,
     flat_params: bool | None = None,
+    nhwc: bool = False,
 ):
     """webclip's trainer step as ``train.trainer.train`` runs it: DeepSpeed engine from the resolved
     config (throughput timer off, no per-step engine monitor), flat parameters per ``train.flat_params``
@@ -278,6 +341,8 @@ def ds_step_fn(
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     torch.manual_seed(0)
     model = scalars_as_vectors(build_model(model_name, **model_kwargs))
+    if nhwc:  # before flattening: flat parameters' views are contiguous (NCHW) whatever the module had
+        model = model.to(memory_format=torch.channels_last)
     tc = TrainConfig(batch_size=batch, model=model_name, flat_params=flat_params)
     log_dir = Path(tempfile.mkdtemp())
     cfg = resolve_ds_config(ds_json, tc, str(log_dir))
@@ -345,6 +410,14 @@ def main() -> None:
         help="aten ops dispatched per step over N more steps (host work; CPU or GPU)",
     )
     ap.add_argument(
+        "--gemm-kernels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="GPU: the kernels behind addmm/mm/bmm over N more steps (names, calls, time)",
+    )
+    ap.add_argument("--channels-last", action="store_true", help="NHWC images and conv weights (RN50)")
+    ap.add_argument(
         "--ds-set",
         action="append",
         default=[],
@@ -393,6 +466,7 @@ def main() -> None:
         "deepspeed_config": Path(args.deepspeed_config).name,
         "ds_set": args.ds_set,
         "model_set": args.model_set,
+        "channels_last": args.channels_last,
     }
     print(json.dumps(base), flush=True)
 
@@ -405,7 +479,7 @@ def main() -> None:
 
             counters.clear()
         if mode == "bare":
-            step = bare_step_fn(args.model, model_kwargs, device, gpu, args.compile)
+            step = bare_step_fn(args.model, model_kwargs, device, gpu, args.compile, args.channels_last)
         else:
             step = ds_step_fn(
                 args.model,
@@ -416,10 +490,11 @@ def main() -> None:
                 args.compile,
                 args.ds_set,
                 flat,
+                args.channels_last,
             )
         for src in sources:
             if src == "synthetic":
-                batches = synthetic_batches(args.batch, size, vocab, device)
+                batches = synthetic_batches(args.batch, size, vocab, device, args.channels_last)
             else:
                 shard_dir = args.shards or tempfile.mkdtemp(prefix="shards-")
                 if not list(Path(shard_dir).glob("*.tar")):
@@ -444,6 +519,8 @@ def main() -> None:
                     row["host_syncs_per_step"] = count_host_syncs(step, batches, args.sync_debug)
             if args.count_ops:
                 row.update(count_host_ops(step, batches, args.count_ops))
+            if gpu and args.gemm_kernels:
+                row.update(gemm_kernels(step, batches, args.gemm_kernels))
             if args.compile:
                 row.update(dynamo_counts())
             if args.profile is not None:

@@ -88,18 +88,33 @@ def precision_of(ds_cfg: dict[str, Any]) -> str:
     return "fp32"
 
 
+def _alignment_rank(numel: int) -> int:
+    """How many times 2 divides ``numel``, capped at 7 (128 elements: 256 bytes in bf16)."""
+    return min((numel & -numel).bit_length() - 1, 7) if numel else 7
+
+
 def param_group_names(model: nn.Module) -> list[tuple[str, list[str]]]:
     """``[("decay", names), ("no_decay", names)]``: decay on weight matrices/kernels only; none on gains,
-    biases, embeddings' 1-d vectors, the logit scale or bias (CLIP / open_clip practice)."""
+    biases, embeddings' 1-d vectors, the logit scale or bias (CLIP / open_clip practice).
+
+    Within a group, parameters whose sizes are multiples of larger powers of two come first (stable):
+    DeepSpeed's ZeRO-1/2 and bf16 optimizers pack a group's parameters back to back into one buffer
+    and point each parameter into it, so a 1-element ``logit_scale`` first would put every bias after
+    it 2 bytes off a 16-byte boundary (and cuBLASLt's GEMM-with-bias onto slow kernels). In this order
+    each parameter starts at a multiple of its own size's power of two (up to 128 elements), which is
+    every parameter of the OpenAI architectures, the scalars last."""
     decay, no_decay = [], []
+    numel: dict[str, int] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        numel[name] = p.numel()
         if p.ndim < 2 or "bn" in name or "ln" in name or name.endswith("bias") or name in NO_DECAY_NAMES:
             no_decay.append(name)
         else:
             decay.append(name)
-    return [("decay", decay), ("no_decay", no_decay)]
+    groups = [("decay", decay), ("no_decay", no_decay)]
+    return [(g, sorted(names, key=lambda n: -_alignment_rank(numel[n]))) for g, names in groups]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

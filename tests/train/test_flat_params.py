@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.rundir import RunDir
 from train.config import TrainConfig
 from train.dsutil import model_for_engine, param_group_names, param_groups
-from train.flat_params import FlatParameters, unwrap
+from train.flat_params import FlatParameters, align_up, unwrap
 from train.loss import ClipLoss
 from train.model import build_model, scalars_as_vectors
 from train.stage import TrainStage
@@ -85,7 +85,12 @@ def test_groups_follow_the_weight_decay_rule():
     for group in param_groups(flat, 0.2):
         (p,) = group["params"]
         assert p is flat.flat(group["name"])
-        assert p.numel() == sum(dict(ref.named_parameters())[n].numel() for n in names[group["name"]])
+        slots = [s for s in flat.slots if s.group == group["name"]]
+        assert [s.name for s in slots] == names[group["name"]]
+        assert sum(s.numel for s in slots) == sum(
+            dict(ref.named_parameters())[n].numel() for n in names[group["name"]]
+        )
+        assert p.numel() == align_up(slots[-1].offset + slots[-1].numel)  # aligned slots, padded end
         assert group["weight_decay"] == (0.2 if group["name"] == "decay" else 0.0)
     assert "logit_scale" in names["no_decay"] and "visual.proj" in names["decay"]
 
