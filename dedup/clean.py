@@ -114,7 +114,8 @@ class CleanShardsStage(Stage):
         sizes = {}
         for task in self.tasks():
             counts = self.run.read_marker(self.name, task.id)["stats"].get("counts", {})
-            sizes[task.payload] = int(counts.get("clean", 0))
+            # keyed by the tar's file name, as open_clip's get_dataset_size looks shards up
+            sizes[f"{task.payload}.tar"] = int(counts.get("clean", 0))
         self.run.write_json(SIZES, sizes)
 
 

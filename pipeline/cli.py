@@ -148,7 +148,8 @@ def status(url: str) -> str:
     ``dedup_thumbs`` and ``dedup_clean``) follow their stage, indented, so an interrupted pass shows how far it got.
     """
     run = RunDir(url)
-    if not run.exists(RunDir.CONFIG):
+    trained_alone = any(run.exists(f) for f in COMPLETED_OUTSIDE_RUNNER.values())  # train/main.py, no config
+    if not run.exists(RunDir.CONFIG) and not trained_alone:
         raise ConfigError(f"{url!r} is not a webclip run directory (no config.yaml); check the --run URL")
     lines = [f"run {run.url}"]
     subs = sorted({p.split("/")[1] for p in run.glob("_done/*")} - set(STAGE_ORDER))
@@ -160,6 +161,12 @@ def status(url: str) -> str:
     return "\n".join(lines)
 
 
+#: Stages that can also complete outside the runner, and the file their own entry point writes when it
+#: does: ``deepspeed train/main.py`` is how ML engineers train, without ``webclip``'s markers.
+COMPLETED_OUTSIDE_RUNNER = {"train": "train/summary.json"}
+ERROR_CHARS = 240  # a failure's message in the table; the full text stays in its _failed/ file
+
+
 def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
     from pipeline.runner import STAGE_MARKER
 
@@ -167,15 +174,23 @@ def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
     tasks_done = len(run.done_tasks(name) - {STAGE_MARKER})
     failed = run.glob(f"_failed/{name}/*.json")
     stats = run.read_json(run.stats_path(name)) if run.exists(run.stats_path(name)) else None
-    state = "done" if done else ("failed" if failed else ("partial" if tasks_done else "not run"))
+    outside = COMPLETED_OUTSIDE_RUNNER.get(name)
+    summary = run.read_json(outside) if outside and not done and run.exists(outside) else None
+    state = "done" if done or summary else ("failed" if failed else ("partial" if tasks_done else "not run"))
     line = f"{indent}{name:<{18 - len(indent)}} {state:<8} tasks done={tasks_done}"
-    if stats:
+    if stats and not summary:
         counts = " ".join(f"{k}={v:,}" for k, v in stats.get("counts", {}).items())
         dropped = sum(stats.get("dropped", {}).values())
         line += f" {counts} dropped={dropped:,} wall={stats.get('wall_seconds', 0):.1f}s"
+    if summary:
+        line += " " + " ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in summary.items())
+        line += f" (by its own entry point: {outside})"
     lines = [line]
-    for f in failed:
-        lines.append(f"{indent}    failed {f.rsplit('/', 1)[-1][:-5]}: {run.read_json(f)['error']}")
+    for f in failed if state != "done" else []:
+        error = " ".join(str(run.read_json(f).get("error", "")).split())
+        if len(error) > ERROR_CHARS:
+            error = f"{error[:ERROR_CHARS]}… (full text: {run.full_url(f)})"
+        lines.append(f"{indent}    failed {f.rsplit('/', 1)[-1][:-5]}: {error}")
     return lines
 
 

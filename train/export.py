@@ -6,6 +6,7 @@ registered model name, its overrides and the tokenizer folder) and ``tokenizer/t
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from train.model import CLIP, build_model, config_from_openai_state_dict
+from train.model import CLIP, build_model, config_from_openai_state_dict, scalars_as_vectors
 from train.model_configs import ModelConfig
 from train.tokenizer import TOKENIZER_FILE, Tokenizer
 from train.transforms import eval_transform
@@ -76,6 +77,28 @@ def _ds_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
 
 
+def _unflattened(sd: dict[str, torch.Tensor], model: CLIP, source: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict under the model's own names: a run trained with flat parameters
+    (``train.flat_params``, the default under ZeRO 0-2) saves ``flat_<group>`` tensors and
+    ``module.<buffer>`` keys, mapped back here with the slots the trainer used."""
+    if not any(k.startswith("flat_") for k in sd):
+        return sd
+    from train.dsutil import model_for_engine
+
+    template = model_for_engine(scalars_as_vectors(copy.deepcopy(model)), True)
+    for group in template.groups:
+        want, got = template.flat(group).numel(), sd[f"flat_{group}"].numel()
+        if want != got:
+            raise ValueError(
+                f"{source}: flat parameter group {group!r} holds {got} values where this model's aligned "
+                f"layout has {want}; the checkpoint was written by a webclip with another packing. Load "
+                "its export (train/export) instead"
+            )
+    out = template.unflatten(sd)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    return {k: v.reshape(shapes[k]) if k in shapes else v for k, v in out.items()}
+
+
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[CLIP, Tokenizer, Callable[[Any], torch.Tensor]]:
@@ -114,6 +137,6 @@ def load_model(
             "OpenAI's bpe_simple_vocab_16e6.txt.gz there and name it in model.json 'tokenizer'"
         )
     tokenizer = Tokenizer.load(tok_path)
-    model.load_state_dict(sd)
+    model.load_state_dict(_unflattened(sd, model, p))
     model = model.float().to(device).eval()
     return model, tokenizer, eval_transform(model.config.image_size)

@@ -95,12 +95,19 @@ class FlatParameters(nn.Module):
                     flat.narrow(0, slot.offset, slot.numel).copy_(params[slot.name].detach().reshape(-1))
             self.register_parameter(f"flat_{group}", nn.Parameter(flat))
         self._group_slots = {g: [s for s in self.slots if s.group == g] for g, _ in groups}
-        # split sizes per group: each slot followed by its padding (a part no view uses)
-        self._split_sizes: dict[str, list[int]] = {}
+        # split sizes per group: each slot, then its padding where it has any (a part no view uses;
+        # no empty parts, which would be ops per step for nothing), and which parts are the slots
+        self._split: dict[str, tuple[list[int], list[int]]] = {}
         for group, slots in self._group_slots.items():
             ends = [s.offset for s in slots[1:]] + [self.flat(group).numel()]
-            sizes = [(s.numel, end - s.offset - s.numel) for s, end in zip(slots, ends, strict=True)]
-            self._split_sizes[group] = [n for pair in sizes for n in pair]
+            sizes: list[int] = []
+            parts: list[int] = []
+            for s, end in zip(slots, ends, strict=True):
+                parts.append(len(sizes))
+                sizes.append(s.numel)
+                if end > s.offset + s.numel:
+                    sizes.append(end - s.offset - s.numel)
+            self._split[group] = (sizes, parts)
         self._slot_by_name = {s.name: s for s in self.slots}
         self._owners: list[tuple[nn.Module, str]] = []
         for slot in self.slots:
@@ -137,8 +144,10 @@ class FlatParameters(nn.Module):
         # narrow per slot (whose backward would materialise a full-size gradient per slot).
         i = 0
         for group, slots in self._group_slots.items():
-            parts = self.flat(group).split(self._split_sizes[group])[::2]
-            for slot, part in zip(slots, parts, strict=True):
+            sizes, slot_parts = self._split[group]
+            pieces = self.flat(group).split(sizes)
+            for slot, k in zip(slots, slot_parts, strict=True):
+                part = pieces[k]
                 owner, leaf = self._owners[i]
                 owner.__dict__[leaf] = part.view(slot.shape)
                 i += 1

@@ -32,6 +32,16 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: stop rather than train on."""
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) or SIGTERM during training: what the user is told, and the step it stopped at."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step = step
+        self.checkpoint = checkpoint
+        where = f"the last checkpoint ({checkpoint})" if checkpoint else "the start (no checkpoint yet)"
+        super().__init__(f"interrupted at step {step}; rerun the same command to resume from {where}")
+
+
 class MetricsLog:
     """Per-step loss and logit scale, kept on the device and read once per ``log_every`` steps.
 

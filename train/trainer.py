@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch.distributed as dist
 from pipeline.config import WebclipConfig
 from pipeline.errors import ConfigError
 from pipeline.rundir import RunDir
+from train.checkpoints import check_resume, latest_tag, prune, write_layout
 from train.config import TrainConfig
 from train.data import DataPosition, ShardBatches, list_shards, make_loader
 from train.dsutil import (
@@ -39,7 +40,7 @@ from train.dsutil import (
 from train.export import write_export
 from train.flat_params import unwrap
 from train.loss import make_loss
-from train.metrics import MetricsLog, log0, rewind_logs
+from train.metrics import MetricsLog, TrainingInterrupted, log0, rewind_logs
 from train.model import build_model, scalars_as_vectors
 from train.tokenizer import Tokenizer, train_tokenizer
 from train.transforms import normalize_images
@@ -95,35 +96,6 @@ def get_tokenizer(tc: TrainConfig, urls: list[str], out_dir: Path, rank: int) ->
     return Tokenizer.load(saved)
 
 
-def _latest_tag(ckpt_dir: Path) -> str | None:
-    latest = ckpt_dir / "latest"
-    return latest.read_text().strip() if latest.is_file() else None
-
-
-PARAMS_LAYOUT = "params_layout"  # in the checkpoint folder: "flat" or "per-tensor"
-
-
-def check_params_layout(ckpt_dir: Path, flat: bool, resume: bool) -> None:
-    """Stop before any work when the checkpoints to resume were written with the other
-    ``train.flat_params`` setting (DeepSpeed would fail later, on a state dict's missing keys)."""
-    marker = ckpt_dir / PARAMS_LAYOUT
-    if not (resume and _latest_tag(ckpt_dir) and marker.is_file()):
-        return
-    saved = marker.read_text().strip()
-    if saved != ("flat" if flat else "per-tensor"):
-        raise ConfigError(
-            f"train.flat_params: the checkpoints in {ckpt_dir} hold {saved} parameters; set "
-            f"train.flat_params={'true' if saved == 'flat' else 'false'} to resume them, or "
-            "train.resume=false (or a new run directory) to start over"
-        )
-
-
-def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-    for old in tags[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def loader_workers(tc: TrainConfig) -> int:
     """``train.workers``, or when None the cores this process may use divided among the node's training
     processes, minus one for the training loop itself: at least 1, at most 16."""
@@ -162,15 +134,20 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     tc = cfg.train
     accel = get_accelerator()
     skip_cpu_shm_comm_build()
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
-    rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = (
         torch.device(accel.device_name(local_rank)) if accel.device_name() != "cpu" else torch.device("cpu")
     )
     if device.type != "cpu":
         accel.set_device(local_rank)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            # the process group bound to this rank's device: NCCL otherwise guesses it from the rank
+            # ("Guessing device ID based on global rank... can cause a hang") and creates
+            # communicators lazily; DeepSpeed then adopts the group as it is
+            dist.init_process_group(accel.communication_backend_name(), device_id=device)
+        deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
+    rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     run = RunDir(cfg.run)
@@ -182,12 +159,13 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
     out_dir = run.local_path(RunDir.TRAIN)
     ckpt_dir = out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
 
     # the DeepSpeed JSON and what depends on it are checked before any work
     ds_cfg = resolve_ds_config(ds_config_path or tc.deepspeed_config, tc, str(out_dir / "logs"))
     zero_stage = zero_stage_of(ds_cfg)
     flat = tc.flat_params_for(zero_stage)
-    check_params_layout(ckpt_dir, flat, tc.resume)
+    check_resume(ckpt_dir, flat=flat, resume=tc.resume, world=world, steps=tc.steps)
     urls = shard_urls(cfg, run)
     tokenizer = get_tokenizer(tc, urls, out_dir, rank)
     overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, **tc.model_overrides}
@@ -220,6 +198,7 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         f"{workers} loader workers",
     )
     if rank == 0:
+        (out_dir / "summary.json").unlink(missing_ok=True)  # written again when this run completes
         (out_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2) + "\n")
         spec = {"model": tc.model, "overrides": overrides, "config": model.config.to_dict()}
         if tc.loss == "siglip":
@@ -228,19 +207,22 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
 
     # ---- resume
     step, data_state = 0, None
-    if tc.resume and _latest_tag(ckpt_dir):
+    if tc.resume and latest_tag(ckpt_dir):
         _, client = engine.load_checkpoint(str(ckpt_dir))
         client = client or {}
         step = int(client.get("step", 0))
         saved_lr = apply_lr_schedule(engine.optimizer, engine.lr_scheduler, tc.lr)
         if saved_lr != tc.lr:
-            log0(rank, f"train.lr is {tc.lr:g}, the checkpoint's {saved_lr:g}: the schedule goes on at the new rate")
+            log0(
+                rank,
+                f"train.lr is {tc.lr:g}, the checkpoint's {saved_lr:g}: the schedule goes on at the new rate",
+            )
         states = client.get("data", [])
         if len(states) == world:
             data_state = states[rank]
         else:
             log0(rank, f"checkpoint has data positions for {len(states)} ranks, now {world}: data restarts")
-        log0(rank, f"resumed from {ckpt_dir / str(_latest_tag(ckpt_dir))} at step {step}")
+        log0(rank, f"resumed from {ckpt_dir / str(latest_tag(ckpt_dir))} at step {step} of {tc.steps}")
     position = DataPosition(workers, data_state)
     dataset = ShardBatches(
         urls,
@@ -273,36 +255,41 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
             str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "data": states}
         )
         if rank == 0:
-            (ckpt_dir / PARAMS_LAYOUT).write_text("flat\n" if flat else "per-tensor\n")
-            _prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
+            write_layout(ckpt_dir, flat)
+            prune(ckpt_dir, tc.keep_checkpoints)
 
-    while step < tc.steps:
-        engine.train()
-        micro = [next(batches) for _ in range(tc.grad_accum)]
-        for *_, meta in micro:
-            position.update(meta)
-        # uint8 crops cross to the device; CLIP's normalisation runs there (a quarter of the bytes)
-        micro = [
-            (normalize_images(i.to(device, non_blocking=True)), t.to(device, non_blocking=True))
-            for i, t, _ in micro
-        ]
-        loss, scale = accumulate_step(engine, loss_fn, micro)
-        step += 1
-        clamp_logit_scale(engine, math.log(tc.max_logit_scale))
-        metrics.add(step, loss, scale, engine.get_lr()[0])
-        if step % tc.log_every == 0 or step == tc.steps:
-            metrics.flush(dict(position.counts), console=True)
+    try:
+        while step < tc.steps:
+            engine.train()
+            micro = [next(batches) for _ in range(tc.grad_accum)]
+            for *_, meta in micro:
+                position.update(meta)
+            # uint8 crops cross to the device; CLIP's normalisation runs there (a quarter of the bytes)
+            micro = [
+                (normalize_images(i.to(device, non_blocking=True)), t.to(device, non_blocking=True))
+                for i, t, _ in micro
+            ]
+            loss, scale = accumulate_step(engine, loss_fn, micro)
+            step += 1
+            clamp_logit_scale(engine, math.log(tc.max_logit_scale))
+            metrics.add(step, loss, scale, engine.get_lr()[0])
+            if step % tc.log_every == 0 or step == tc.steps:
+                metrics.flush(dict(position.counts), console=True)
 
-        if eval_hook is not None and step % tc.eval_every == 0:
-            metrics.flush(dict(position.counts))
-            run_eval(engine, monitor, eval_hook, tokenizer, image_size, cfg, device, step, rank, zero_stage)
-        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
-            save(step)
-        if tc.stop_after is not None and step >= tc.stop_after:
-            metrics.flush(dict(position.counts))
-            metrics.close()
-            log0(rank, f"stopping after step {step} (train.stop_after)")
-            return {"step": step, "loss": metrics.last_loss, "stopped": True}
+            if eval_hook is not None and step % tc.eval_every == 0:
+                metrics.flush(dict(position.counts))
+                run_eval(
+                    engine, monitor, eval_hook, tokenizer, image_size, cfg, device, step, rank, zero_stage
+                )
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+                save(step)
+            if tc.stop_after is not None and step >= tc.stop_after:
+                metrics.flush(dict(position.counts))
+                metrics.close()
+                log0(rank, f"stopping after step {step} (train.stop_after)")
+                return {"step": step, "loss": metrics.last_loss, "stopped": True}
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a launcher (train/main.py turns it into this)
+        raise TrainingInterrupted(step, latest_tag(ckpt_dir)) from None
 
     save(step)
     sd = full_fp32_state_dict(engine)
@@ -313,6 +300,15 @@ def train(cfg: WebclipConfig, ds_config_path: str | None = None) -> dict[str, An
         spec = json.loads((out_dir / "model.json").read_text())
         write_export(out_dir / "export", sd, spec, tokenizer)
         (out_dir / "data_stats.json").write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
+        summary = {
+            "steps": step,
+            "loss": last_loss,
+            "ranks": world,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        (out_dir / "summary.json").write_text(
+            json.dumps(summary, indent=2) + "\n"
+        )  # what `webclip status` reads
         log0(rank, f"done: {step} steps, loss {last_loss:.4f}; export in {out_dir / 'export'}")
     dist.barrier()
     return {"step": step, "loss": last_loss, "data": counts}

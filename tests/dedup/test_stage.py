@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -66,15 +68,18 @@ def test_overlaps_are_found_verified_and_removed(dedup_run):
 def test_clean_shards_read_with_webdataset_and_sizes_match(dedup_run):
     _, run, expect, _ = dedup_run
     sizes = run.read_json("clean/sizes.json")
-    assert set(sizes) == {"00000", "00001"}
+    assert set(sizes) == {"00000.tar", "00001.tar"}
+    # open_clip's get_dataset_size: sizes.json beside the shards, looked up by each tar's basename
+    shards = sorted(run.glob("clean/*.tar"))
+    assert sum(int(sizes[os.path.basename(s)]) for s in shards) == sum(sizes.values())
     keys = []
     for shard, n in sizes.items():
-        samples = list(wds.WebDataset(run.path(f"clean/{shard}.tar"), shardshuffle=False).decode("pil"))
+        samples = list(wds.WebDataset(run.path(f"clean/{shard}"), shardshuffle=False).decode("pil"))
         assert len(samples) == n
         for s in samples:
             assert s["jpg"].size[0] > 0 and s["json"]["uid"].startswith("u")
         keys += [s["__key__"] for s in samples]
-        table = pq.read_table(run.path(f"clean/{shard}.parquet"))
+        table = pq.read_table(run.path(f"clean/{shard.removesuffix('.tar')}.parquet"))
         assert table.column("key").to_pylist() == [s["__key__"] for s in samples]
         assert table.column("dedup_reason").null_count == table.num_rows
     assert sorted(keys) == sorted(expect["clean"])
@@ -293,4 +298,4 @@ def test_pool_near_duplicate_is_verified_and_removed(
     assert decisions["000020000"] == "near_dup" and decisions[expect["exact_dup"][0]] == "exact_dup"
     summary = run.read_json("dedup/summary.json")
     assert summary["removed"]["near_dup"] == 1 and summary["reconciles"]
-    assert run.read_json("clean/sizes.json")["00002"] == 0
+    assert run.read_json("clean/sizes.json")["00002.tar"] == 0

@@ -36,6 +36,7 @@ def run_script(argv: list[str]) -> int:
 
 
 def main(spec_path: str, launcher_args: list[str]) -> int:
+    os.environ["WEBCLIP_KEEP_PROCESS_GROUP"] = "1"  # the next run reuses it (DeepSpeed caches groups)
     for log, argv in json.loads(Path(spec_path).read_text()):
         with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
             try:

@@ -141,11 +141,15 @@ def test_flat_params_under_zero3_stops_the_stage_before_any_work(tmp_path, make_
 
 
 def test_resuming_checkpoints_of_the_other_layout_stops_before_any_work(tmp_path):
-    from train.trainer import check_params_layout
+    from train.checkpoints import check_resume
 
     (tmp_path / "latest").write_text("step3")
-    (tmp_path / "params_layout").write_text("per-tensor\n")
-    check_params_layout(tmp_path, flat=False, resume=True)
-    check_params_layout(tmp_path, flat=True, resume=False)  # starting over: nothing to match
+    (tmp_path / "params_layout").write_text("per-tensor aligned\n")
+    assert check_resume(tmp_path, flat=False, resume=True, world=1, steps=6) == 3
+    assert check_resume(tmp_path, flat=True, resume=False, world=1, steps=6) is None  # starting over
     with pytest.raises(ConfigError, match=r"hold per-tensor parameters; set train\.flat_params=false"):
-        check_params_layout(tmp_path, flat=True, resume=True)
+        check_resume(tmp_path, flat=True, resume=True, world=1, steps=6)
+    # checkpoints of the unaligned packing: their optimizer state is in another order
+    (tmp_path / "params_layout").write_text("flat\n")
+    with pytest.raises(ConfigError, match=r"packed parameters unaligned .* train\.resume=false"):
+        check_resume(tmp_path, flat=True, resume=True, world=1, steps=6)

@@ -263,7 +263,9 @@ def test_flat_parameters_train_as_per_tensor_parameters(single):
     flat, per_tensor = single["big"], single["per_tensor"]
     assert "flat parameters" in flat.log.read_text() and "per-tensor parameters" in per_tensor.log.read_text()
     for run, layout in ((flat, "flat"), (per_tensor, "per-tensor")):  # what a resume is checked against
-        assert (run.dir / "train" / "checkpoints" / "params_layout").read_text().strip() == layout
+        assert (
+            run.dir / "train" / "checkpoints" / "params_layout"
+        ).read_text().strip() == f"{layout} aligned"
     la, lb = flat.losses(), per_tensor.losses()
     assert sorted(la) == sorted(lb) == list(range(1, 7))
     for step in la:
@@ -389,3 +391,124 @@ def test_two_process_deepspeed_run_loss_decreases_and_scale_clamped(launches, ds
     assert rows[0]["logit_scale"] > 100
     assert max(r["logit_scale"] for r in rows[1:]) <= 100.0 * (1 + 1e-6)
     assert float(run.export()["logit_scale"]) <= math.log(100) + 1e-6
+
+
+# ---------------------------------------------------------------- what an ML engineer meets next (issue 17)
+
+
+def _rerun(run: Run, root: Path, name: str, *sets: str) -> tuple[subprocess.Popen, Path, Path]:
+    """``python train/main.py`` on a copy of ``run``'s directory, with ``sets`` added to its arguments."""
+    import shutil
+
+    copy = root / name
+    shutil.copytree(run.dir, copy)
+    args = [a if a != str(run.dir) else str(copy) for a in run.argv]
+    for s in sets:
+        args += ["--set", s]
+    log = root / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, MAIN, *args], env=_env(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+    return proc, copy, log
+
+
+@pytest.mark.slow
+def test_resume_with_another_world_size_or_fewer_steps_stops_with_exit_2_naming_the_fix(
+    single, launches, tmp_path
+):
+    """A 2-rank ZeRO-2 checkpoint resumed by one process, and a run at step 6 resumed with
+    train.steps=3: both stop before any work with exit 2 and a message naming the setting and the fix
+    (DeepSpeed raised a raw ZeRORuntimeException for the first; the second trained on silently)."""
+    two_ranks, _ = launches["zero2_fp32.json"]
+    world, _, world_log = _rerun(two_ranks, tmp_path, "world")
+    fewer, fewer_dir, fewer_log = _rerun(single["big"], tmp_path, "fewer", "train.steps=3")
+    assert world.wait(timeout=TIMEOUT) == 2, world_log.read_text()[-3000:]
+    out = world_log.read_text()
+    assert "was written by 2 rank(s) and this run has 1" in out and "--num_gpus 2" in out, out[-3000:]
+    assert "load_universal" in out and "Traceback" not in out
+    assert fewer.wait(timeout=TIMEOUT) == 2, fewer_log.read_text()[-3000:]
+    out = fewer_log.read_text()
+    assert "train.steps=3: the checkpoint to resume" in out and "already at step 6" in out, out[-3000:]
+    assert "Traceback" not in out
+    # nothing was trained or exported again
+    assert json.loads((fewer_dir / "train" / "summary.json").read_text())["steps"] == 6
+
+
+def test_the_checkpoint_folder_of_a_flat_run_loads_as_its_export(single):
+    """``load_model('<run>/train/checkpoints')`` on the default flat parameters (ZeRO-2) gives the
+    exported weights under OpenAI's names and computes (it failed on "flat_decay" keys)."""
+    from train.export import load_model
+
+    run = single["big"]
+    assert (run.dir / "train" / "checkpoints" / "params_layout").read_text().startswith("flat")
+    model, tokenizer, _ = load_model(run.dir / "train" / "checkpoints")
+    export = run.export()
+    sd = model.state_dict()
+    assert list(sd) == list(export)
+    for k, v in export.items():
+        assert torch.allclose(sd[k], v, atol=1e-6), k
+    with torch.no_grad():
+        size = model.config.image_size
+        image, text, scale = model(torch.zeros(1, 3, size, size), tokenizer(["a red square"]))
+    assert image.shape == text.shape and torch.isfinite(scale).all()
+
+
+def test_status_after_train_main_reports_train_done_and_short_failures(single, tmp_path):
+    """``webclip status`` on a run trained by ``train/main.py`` (no stage marker) says train is done,
+    with its steps; an earlier failure's multi-KB message is cut to one short line."""
+    import shutil
+
+    from pipeline.cli import status
+
+    run = tmp_path / "status-run"
+    shutil.copytree(single["big"].dir, run)
+    text = status(str(run))
+    line = next(x for x in text.splitlines() if x.strip().startswith("train "))
+    assert " done " in line and "steps=6" in line, text
+    # the same run before training finished, with a failed `webclip train` attempt on record
+    (run / "train" / "summary.json").unlink()
+    (run / "config.yaml").write_text("stages: [train]\n")  # a `webclip train` run: config written first
+    (run / "_failed" / "train").mkdir(parents=True)
+    (run / "_failed" / "train" / "train.json").write_text(json.dumps({"error": "Unexpected key(s) " * 500}))
+    text = status(str(run))
+    line = next(x for x in text.splitlines() if x.strip().startswith("train "))
+    assert " failed " in line, text
+    failed = [x for x in text.splitlines() if "failed train" in x]
+    assert len(failed) == 1 and len(failed[0]) < 400 and "full text:" in failed[0], text
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_the_deepspeed_launcher_ends_with_the_resume_line(tmp_path, shards):
+    """SIGINT to the launch's whole process group (what Ctrl-C in a terminal does) during a 2-rank
+    run: the ranks print no traceback, and the output ends with rank 0's line naming the step and the
+    resume (printed after the launcher's own lines); the same command then resumes."""
+    run = Run(
+        tmp_path,
+        "ctrlc",
+        shards,
+        "zero2_fp32.json",
+        "train.steps=400",
+        "train.batch_size=8",
+        "train.checkpoint_every=2",
+    )
+    proc = Proc(run, procs=2)
+    try:
+        _wait_for_step(proc, 3)
+        assert proc.proc.poll() is None, run.log.read_text()[-3000:]
+        os.killpg(proc.proc.pid, signal.SIGINT)
+        proc.proc.wait(timeout=120)
+        deadline = time.monotonic() + 150  # the line comes after the launcher processes have exited
+        while "rerun the same command" not in run.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        proc.stop()
+    out = run.log.read_text(errors="replace")
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert re.fullmatch(
+        r"interrupted at step \d+; rerun the same command to resume from the last checkpoint \(step\d+\)",
+        lines[-1],
+    ), out[-3000:]
+    assert "train/trainer.py" not in out and 'train/main.py", line' not in out, out[-3000:]
+    assert out.count("interrupted at step") == 1  # rank 0 only
