@@ -3,7 +3,8 @@
     python benchmarks/gpu_report.py /work/.device/<files_at>/*.jsonl    # then paste into BENCHMARKS.md
 
 One row per measurement (model, batch, loop, data, DeepSpeed overrides, samples/s, ms/step, MFU,
-peak GPU memory, host syncs and aten ops per step, graph breaks), then the derived lines the runs
+peak GPU memory, host syncs and aten ops per step, graph breaks, and with ``--gemm-kernels`` the GEMM
+time per step, its share on pre-Hopper kernels and the top kernel), then the derived lines the runs
 printed (DeepSpeed's overhead vs the bare loop, real shards vs synthetic), each with its file.
 """
 
@@ -27,6 +28,9 @@ COLUMNS = [
     ("host_syncs_per_step", "host syncs/step"),
     ("aten_ops_per_step", "aten ops/step"),
     ("graph_breaks", "graph breaks"),
+    ("gemm_ms_per_step", "GEMM ms/step"),
+    ("gemm_old_arch_share", "GEMM on pre-sm90 kernels"),
+    ("gemm_kernels", "top GEMM kernel"),
 ]
 
 
@@ -37,8 +41,10 @@ def _cell(key: str, value) -> str:
         return ", ".join(f"`{v}`" for v in value) or "as shipped"
     if key == "flat_params":
         return "yes" if value else "no"
-    if key == "mfu":
+    if key in ("mfu", "gemm_old_arch_share"):
         return f"{100 * value:.1f} %"
+    if key == "gemm_kernels":
+        return f"`{value[0]['kernel'][:48]}`" if value else ""
     if isinstance(value, float):
         return f"{value:,.1f}"
     if isinstance(value, int):
