@@ -145,14 +145,23 @@ def overlap_row(
     }
 
 
-def overlap_table(predictions: pa.Table, overlaps: pa.Table | None, level: float = 0.995) -> pa.Table:
-    """``overlap.parquet``: one row per (dataset, task, checkpoint) of ``predictions``.
+def overlap_table(
+    predictions: pa.Table,
+    overlaps: pa.Table | None,
+    level: float = 0.995,
+    searched: set[str] | None = None,
+) -> pa.Table:
+    """``overlap.parquet``: one row per (dataset, task, checkpoint) of ``predictions`` whose overlap is known.
 
     ``predictions`` has dataset, eval_id, correct (and optionally task, checkpoint); ``overlaps`` is
     dedup's table (eval_set, eval_id, confirmed, …; several rows per eval image when it matches several
     training images). An eval image is in Overlap when a confirmed row names it (every row when the
-    table has no ``confirmed`` column); no table means no overlap.
+    table has no ``confirmed`` column). Without dedup's table (``None``) nothing is known about overlap
+    and the table is empty: counting every image as Clean would report a 0 % overlap nobody measured.
+    ``searched``: the eval sets dedup compared with the training data; other datasets are left out too.
     """
+    if overlaps is None:
+        return OVERLAP_SCHEMA.empty_table()
     overlap_ids: dict[str, set[str]] = {}
     if overlaps is not None and overlaps.num_rows:
         sets = overlaps.column("eval_set").to_pylist()
@@ -177,6 +186,8 @@ def overlap_table(predictions: pa.Table, overlaps: pa.Table | None, level: float
         groups.setdefault(key, []).append(i)
     rows = []
     for (dataset, task, ckpt), idx in sorted(groups.items()):
+        if searched is not None and dataset not in searched:
+            continue
         seen = overlap_ids.get(dataset, set())
         member = np.asarray([str(eval_ids[i]) in seen for i in idx], dtype=bool)
         row = overlap_row(dataset, correct[idx], member, level)

@@ -66,10 +66,22 @@ def write_shard(run: Path, index: int, samples: list[dict]) -> None:
     (shard_dir / f"{name}_stats.json").write_text(json.dumps({"count": len(rows), "successes": n_ok}))
 
 
+def planted_eval_ids(shared_data: Path) -> dict[str, list[str]]:
+    """The eval images :func:`build_training_shards` plants copies of: members of the eval sets'
+    `limit` samples (a sample, not the first N), the first in record order: ``cifar`` (3 upscaled
+    copies), ``bordered`` (1 CIFAR image in a white border), ``mnist`` (2 copies)."""
+    from pipeline.config import load_config
+    from pipeline.evalsets import open_evalset
+
+    cfg = load_config(None, evalset_specs(shared_data))
+    ids = {s.name: [r.eval_id for r in open_evalset(s)] for s in cfg.evalsets}
+    return {"cifar": ids["cifar10"][:3], "bordered": ids["cifar10"][3:4], "mnist": ids["mnist"][:2]}
+
+
 def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
     """Two shards mixing overlaps with CIFAR/MNIST eval images, distinct photos, duplicates and a broken file.
 
-    Returns the keys planted for each expectation.
+    Returns the keys planted for each expectation (the eval ids copied: :func:`planted_eval_ids`).
     """
     cifar = np.load(shared_data / "eval" / "cifar10_test.npz")["x"]
     from pipeline.evalsets import _read_idx
@@ -95,15 +107,20 @@ def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
         )
         expect[kind].append(key)
 
-    for i in (3, 17, 42):  # CIFAR test images 3, 17, 42, upscaled and re-encoded as a crawl would
+    planted = {k: [int(i) for i in v] for k, v in planted_eval_ids(shared_data).items()}
+    for i in planted["cifar"]:  # CIFAR test images in the eval sample, upscaled and re-encoded as a crawl would
         add(0, jpeg(Image.fromarray(cifar[i]).resize((128, 128), Image.BICUBIC), 85), "cifar", 1)
     add(
         0,
-        jpeg(ImageOps.expand(Image.fromarray(cifar[5]).resize((96, 96)), border=8, fill=(255, 255, 255))),
+        jpeg(
+            ImageOps.expand(
+                Image.fromarray(cifar[planted["bordered"][0]]).resize((96, 96)), border=8, fill=(255, 255, 255)
+            )
+        ),
         "bordered",
         2,
     )
-    for i in (0, 1):  # MNIST test images 0 and 1
+    for i in planted["mnist"]:  # MNIST test images in the eval sample
         add(1, jpeg(Image.fromarray(mnist[i]).resize((112, 112), Image.BICUBIC), 92), "mnist", 3)
     for shard, p in enumerate(photos):
         img = Image.open(p).convert("RGB")
@@ -128,7 +145,7 @@ def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
 
 
 def evalset_specs(shared_data: Path) -> list[str]:
-    """``--set`` overrides configuring CIFAR-10 and MNIST test (first 300 images each) as eval sets."""
+    """``--set`` overrides configuring CIFAR-10 and MNIST test (a stratified 300 of each) as eval sets."""
     eval_dir = shared_data / "eval"
     return [
         f"evalsets=[{{name: cifar10, kind: cifar, path: '{eval_dir / 'cifar10_test.npz'}', limit: 300}}, "
