@@ -103,11 +103,14 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float],
     if run.exists("eval/results.parquet"):
         lines += accuracy_lines(run.read_parquet("eval/results.parquet").to_pylist())
     if run.exists("eval/overlap.parquet"):
+        def pct(v: float | None, spec: str = ".1%") -> str:
+            return "n/a" if v is None else format(v, spec)
+
         for r in run.read_parquet("eval/overlap.parquet").to_pylist():
             line = (f"overlap analysis {r['dataset']} ({r['task']}): overlap {r['overlap_pct']:.2f}%  acc all "
-                    f"{r['acc_all']:.1%}  clean {r['acc_clean']:.1%}")
+                    f"{pct(r['acc_all'])}  clean {pct(r['acc_clean'])}")
             if r["n_overlap"]:
-                line += f"  overlap {r['acc_overlap']:.1%}  all-clean {r['all_minus_clean']:+.2%}"
+                line += f"  overlap {pct(r['acc_overlap'])}  all-clean {pct(r['all_minus_clean'], '+.2%')}"
             lines.append(line)
     elif run.exists("eval/results.parquet"):
         lines.append("overlap analysis: no dedup run: overlap unknown")

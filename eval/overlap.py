@@ -113,7 +113,7 @@ def overlap_row(
     """One row of ``overlap.parquet`` from per-sample ``correct`` flags and ``is_overlap`` membership.
 
     Accuracies are fractions in [0, 1]; ``overlap_pct`` is a percentage. With no Overlap (or no Clean)
-    images the statistics that need them are NaN.
+    images the statistics that need them are None (null in the table): undefined, not a number.
     """
     correct = np.asarray(correct, dtype=bool)
     is_overlap = np.asarray(is_overlap, dtype=bool)
@@ -129,7 +129,7 @@ def overlap_row(
     else:
         p_value = math.nan
     ci_low, ci_high = clopper_pearson(k_overlap, n_overlap, level) if n_overlap else (math.nan, math.nan)
-    return {
+    row = {
         "dataset": dataset,
         "n_all": n_all,
         "n_overlap": n_overlap,
@@ -143,6 +143,7 @@ def overlap_row(
         "ci_low": ci_low,
         "ci_high": ci_high,
     }
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def overlap_table(

@@ -481,15 +481,20 @@ class EvalStage(Stage):
         for row in table.to_pylist():
             if row["n_overlap"]:
                 detail = (
-                    f"all={row['acc_all']:.4f} clean={row['acc_clean']:.4f} "
-                    f"overlap={row['acc_overlap']:.4f} p={row['p_value']:.3g}"
+                    f"all={_num(row['acc_all'])} clean={_num(row['acc_clean'])} "
+                    f"overlap={_num(row['acc_overlap'])} p={_num(row['p_value'], '.3g')}"
                 )
             else:
-                detail = f"all={row['acc_all']:.4f}: no overlapping image, nothing to compare"
+                detail = f"all={_num(row['acc_all'])}: no overlapping image, nothing to compare"
             print(
                 f"[eval] overlap {row['dataset']} ({row['task']}): {row['overlap_pct']:.2f}% overlap, {detail}",
                 file=sys.stderr,
             )
+
+
+def _num(value: float | None, spec: str = ".4f") -> str:
+    """A statistic for the console; ``n/a`` where it is undefined (null in the table)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def _sample_details(es: Any, limit: int | None, seed: int) -> dict[str, Any]:
