@@ -224,18 +224,19 @@ def write_upstream_artifacts(run: Path) -> None:
 def write_eval_artifacts(run: Path) -> None:
     """The eval stage's outputs (results, predictions, overlap analysis) per the eval contract."""
     (run / "eval" / "predictions").mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table(
-            {
-                "checkpoint": ["step-10"] * 2,
-                "dataset": ["cifar10", "mnist"],
-                "task": ["zeroshot"] * 2,
-                "metric": ["top1"] * 2,
-                "value": [0.21, 0.12],
-            }
-        ),
-        run / "eval" / "results.parquet",
-    )
+    results = []
+    for dataset, task, top1 in (("cifar10", "zeroshot", 0.21), ("mnist", "zeroshot", 0.12), ("cifar10", "linear_probe", 0.4)):
+        probe = task == "linear_probe"  # its held-out split here misses a class: it carries a warning
+        metrics = {"top1": top1, "chance_top1": 0.1, "majority_top1": 0.12 if probe else 0.1,
+                   "n_classes_present": 9 if probe else 10, "n_classes_in_set": 10, "n": 90 if probe else 300}
+        warning = "cifar10: only 9 of the set's 10 classes were evaluated" if probe else None
+        results += [
+            {"checkpoint": "step-10", "dataset": dataset, "task": task, "metric": k, "value": float(v),
+             "sample": "stratified sample of 300 of 10000, seed 0", "checkpoint_sha256": "ab" * 32,
+             "warning": warning}
+            for k, v in metrics.items()
+        ]
+    pq.write_table(pa.Table.from_pylist(results), run / "eval" / "results.parquet")
     for name in ("cifar10", "mnist"):
         ids = [f"{i:06d}" for i in range(300)]
         pred = [i % 10 for i in range(300)]
@@ -247,24 +248,28 @@ def write_eval_artifacts(run: Path) -> None:
                     "label": pred,
                     "pred": pred[::-1],
                     "correct": [a == b for a, b in zip(pred, pred[::-1], strict=True)],
+                    "checkpoint": ["step-10"] * 300,
+                    "task": ["zeroshot"] * 300,
                 }
             ),
             run / "eval" / "predictions" / f"{name}.parquet",
         )
     pq.write_table(
         pa.table(
-            {
-                "dataset": ["cifar10", "mnist"],
-                "n_all": [300, 300],
-                "n_overlap": [4, 2],
-                "overlap_pct": [1.33, 0.67],
-                "acc_all": [0.21, 0.12],
-                "acc_overlap": [0.5, 0.5],
-                "acc_clean": [0.206, 0.117],
-                "all_minus_clean": [0.004, 0.003],
-                "p_value": [0.2, 0.3],
-                "ci_low": [0.07, 0.01],
-                "ci_high": [0.93, 0.99],
+            {  # the same set under two tasks: tables must tell them apart by the task column
+                "dataset": ["cifar10", "cifar10", "mnist"],
+                "task": ["linear_probe", "zeroshot", "zeroshot"],
+                "checkpoint": ["step-10"] * 3,
+                "n_all": [90, 300, 300],
+                "n_overlap": [1, 4, 2],
+                "overlap_pct": [1.11, 1.33, 0.67],
+                "acc_all": [0.4, 0.21, 0.12],
+                "acc_overlap": [1.0, 0.5, 0.5],
+                "acc_clean": [0.393, 0.206, 0.117],
+                "all_minus_clean": [0.007, 0.004, 0.003],
+                "p_value": [0.39, 0.2, 0.3],
+                "ci_low": [0.003, 0.07, 0.01],
+                "ci_high": [1.0, 0.93, 0.99],
             }
         ),
         run / "eval" / "overlap.parquet",
