@@ -130,15 +130,17 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float],
 def accuracy_lines(results: list[dict[str, Any]]) -> list[str]:
     """One line per zero-shot and linear-probe result: top-1 beside chance and the majority-class rate
     (both from the labels evaluated), the classes present and the sample, then any warning."""
-    by_task: dict[tuple[str, str], dict[str, Any]] = {}
+    by_task: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in results:
         if r["task"] in ("zeroshot", "linear_probe"):
-            entry = by_task.setdefault((r["task"], r["dataset"]), {"sample": r.get("sample"),
-                                                                     "warning": r.get("warning")})
+            key = (r["task"], r["dataset"], r["checkpoint"])
+            entry = by_task.setdefault(key, {"sample": r.get("sample"), "warning": r.get("warning")})
             entry[r["metric"]] = r["value"]
+    several = len({k[2] for k in by_task}) > 1  # name the checkpoint when the run evaluated several
     lines = []
-    for (task, dataset), m in sorted(by_task.items(), key=lambda kv: (kv[0][0] != "zeroshot", kv[0])):
+    for (task, dataset, ckpt), m in sorted(by_task.items(), key=lambda kv: (kv[0][0] != "zeroshot", kv[0])):
         label = "zero-shot" if task == "zeroshot" else "linear probe"
+        dataset = dataset + (f" [{ckpt}]" if several else "")
         if "chance_top1" not in m:  # results written before baselines were recorded
             lines.append(f"{label} {dataset}: top-1 {m['top1']:.1%}")
             continue

@@ -453,6 +453,13 @@ class EvalStage(Stage):
                 "val_accuracy_by_c": {f"{c:g}": a for c, a in res.val_accuracy.items()},
                 "best_c": res.best_c,
                 **_sample_details(test_es, test_es.spec.limit, test_es.spec.seed),
+                # the test images: a held-out share of the training set's images, or the test set's
+                **(
+                    {"sample": f"{len(y_te)} held out ({p.test_fraction:g}, stratified, seed "
+                     f"{self.config.seed}) of {p.train}: {train_es.sample_description()}"}
+                    if p.test is None
+                    else {}
+                ),
                 "warnings": [warning] if warning else [],
             },
         )
