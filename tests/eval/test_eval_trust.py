@@ -103,6 +103,11 @@ def test_subset_results_carry_baselines_sample_and_a_warning_without_overlap_row
     assert m["chance_top1"]["value"] == pytest.approx(0.2) and m["majority_top1"]["value"] == pytest.approx(0.2)
     assert m["top1"]["sample"] == "stratified sample of 5 of 54, seed 0"
     assert "only 5 of the set's 9 classes" in m["top1"]["warning"] and "WARNING shapes: only 5" in err
+    from demo.__main__ import accuracy_lines  # the demo's summary shows it too
+
+    lines = accuracy_lines(pq.read_table(run.path("eval/results.parquet")).to_pylist())
+    assert lines[0].startswith("zero-shot shapes: top-1 ") and "vs chance 20.0%, majority class 20.0% (5 of 9" in lines[0]
+    assert lines[1].startswith("  WARNING shapes: only 5 of the set's 9 classes")
     # finding 4: no dedup, so the overlap is unknown: said, and no (NaN) row written
     assert "no dedup run: overlap unknown" in err and "nan" not in err
     assert not run.exists("eval/overlap.parquet")
