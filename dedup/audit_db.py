@@ -188,14 +188,21 @@ def _json_tables(con, run: RunDir, rows: dict[str, int], catalog: list) -> None:
                 "per eval set: tau, verify threshold, candidates, confirmed, overlap rate",
             )
     if run.exists("config.yaml"):
+        from pipeline.runconfig import stage_config_path
+
+        # the run's union first, then what each stage ran with (config/<stage>.yaml)
+        configs = [("run", "config.yaml", run.read_text("config.yaml"))]
+        for rel in run.glob(stage_config_path("*")):
+            configs.append((posixpath.basename(rel).removesuffix(".yaml"), rel, run.read_text(rel)))
         _insert(
             con,
             "run_config",
-            pa.table({"yaml": [run.read_text("config.yaml")]}),
+            pa.table({k: [c[i] for c in configs] for i, k in enumerate(("stage", "source", "yaml"))}),
             rows,
             catalog,
-            "config.yaml",
-            "the resolved configuration of the run",
+            "config.yaml, config/*.yaml",
+            "the run's configuration (stage 'run': each stage's section as it last ran) and, per stage, the "
+            "whole configuration it ran with",
         )
 
 

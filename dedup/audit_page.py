@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import posixpath
 from pathlib import Path
 
 from PIL import Image
@@ -31,7 +32,21 @@ th{background:#f4f4f4} .num{text-align:right}
 .pair .imgs{display:flex;gap:6px} .pair figure{margin:0;text-align:center}
 .pair img{image-rendering:pixelated;border:1px solid #999}
 .cap{overflow-wrap:anywhere;color:#444} .muted{color:#888}
+.legend{display:flex;gap:18px;align-items:center;margin:8px 0;font-size:13px}
+.legend .swatch{display:inline-block;width:28px;height:16px;border:1px solid #ccc;border-radius:4px;
+ vertical-align:middle;margin-right:6px;background:#fff}
+.legend .swatch.rejected{border-color:#e0a0a0;background:#fff6f6}
+.warning{color:#a15c00}
 """
+
+LEGEND = (
+    '<div class="legend" id="pairs-legend">'
+    '<span><span class="swatch confirmed"></span>confirmed: verification scored the pair at or above '
+    "the set's threshold; the training sample counts as an overlap</span>"
+    '<span><span class="swatch rejected"></span>rejected (tinted): a candidate within the Hamming '
+    "radius that verification scored below the threshold; not an overlap, shown to check by eye</span>"
+    "</div>"
+)
 
 
 def _data_uri(img: Image.Image, px: int) -> str:
@@ -69,7 +84,15 @@ def render_page(run: RunDir, config, db_path: Path) -> tuple[str, dict[str, int]
     acfg = config.audit
     con = duckdb.connect(str(db_path), read_only=True)
     shown = {"pairs": 0, "rejected_pairs": 0, "sections": 0}
-    parts = [f"<h1>webclip audit — {html.escape(run.url)}</h1>"]
+    name = html.escape(posixpath.basename(run.url.rstrip("/")) or run.url)
+    # Named relative to this page (<run>/audit/index.html), so the page reads right wherever the run
+    # directory is copied or opened; the absolute path at build time would be wrong elsewhere.
+    parts = [
+        f"<h1>webclip audit — run {name}</h1>",
+        '<p class="muted" id="run-location">The run directory is <a href="..">the folder above this page</a> '
+        '(this page is <code>audit/index.html</code> in it); its database: <a href="../audit.duckdb">'
+        "../audit.duckdb</a>.</p>",
+    ]
     try:
         # -- reconciliation
         if _has(con, "dedup_reconciliation"):
@@ -109,6 +132,7 @@ def render_page(run: RunDir, config, db_path: Path) -> tuple[str, dict[str, int]
         # -- pairs
         if _has(con, "overlap_pairs"):
             parts.append('<h2 id="pairs">Overlapping pairs (training image | evaluation image)</h2>')
+            parts.append(LEGEND)
             parts.append(_pairs_html(run, config, con, acfg, shown))
             shown["sections"] += 1
         if _has(con, "overlap_entries") and _has(con, "vocab_entries"):
@@ -138,12 +162,20 @@ def render_page(run: RunDir, config, db_path: Path) -> tuple[str, dict[str, int]
                 + _table(["status", "error", "URLs"], rows, "download-status")
             )
             shown["sections"] += 1
+        # -- eval accuracy beside its baselines
+        if _has(con, "eval_results"):
+            section = _results_html(con)
+            if section:
+                parts.append(section)
+                shown["sections"] += 1
         # -- eval overlap analysis
         if _has(con, "eval_overlap"):
             cols = [
                 c
                 for c in (
                     "dataset",
+                    "task",
+                    "checkpoint",
                     "n_all",
                     "n_overlap",
                     "overlap_pct",
@@ -171,10 +203,54 @@ def render_page(run: RunDir, config, db_path: Path) -> tuple[str, dict[str, int]
         con.close()
     body = "\n".join(parts)
     page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webclip audit</title>'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webclip audit — run {name}</title>'
         f"<style>{CSS}</style></head><body>{body}</body></html>"
     )
     return page, shown
+
+
+def _columns(con, table: str) -> set[str]:
+    q = "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+    return {r[0] for r in con.execute(q, [table]).fetchall()}
+
+
+def _results_html(con) -> str:
+    """Top-1 of every classification result beside chance, the majority-class rate and the classes
+    present (from eval/results.parquet), with the sample evaluated and any warning."""
+    if not {"chance_top1"} <= {r[0] for r in con.execute("SELECT DISTINCT metric FROM eval_results").fetchall()}:
+        return ""
+    extra = _columns(con, "eval_results") >= {"sample", "warning"}
+    rows = con.execute(
+        f"""
+        SELECT dataset, task, checkpoint,
+               max(value) FILTER (WHERE metric = 'top1') AS top1,
+               max(value) FILTER (WHERE metric = 'chance_top1') AS chance,
+               max(value) FILTER (WHERE metric = 'majority_top1') AS majority,
+               max(value) FILTER (WHERE metric = 'n_classes_present')::INT AS present,
+               max(value) FILTER (WHERE metric = 'n_classes_in_set')::INT AS in_set,
+               max(value) FILTER (WHERE metric = 'n')::INT AS images,
+               {"max(sample), max(warning)" if extra else "NULL, NULL"}
+        FROM eval_results WHERE task IN ('zeroshot', 'linear_probe')
+        GROUP BY ALL HAVING top1 IS NOT NULL ORDER BY dataset, task, checkpoint
+        """
+    ).fetchall()
+    if not rows:
+        return ""
+    head = ["dataset", "task", "checkpoint", "top-1", "chance", "majority class", "classes", "images", "sample"]
+    body = []
+    for ds, task, ck, top1, chance, major, present, in_set, n, sample, _warning in rows:
+        classes = f"{present} of {in_set}" if in_set is not None and present != in_set else f"{present}"
+        body.append((ds, task, ck, top1, chance, major, classes, n, sample or ""))
+    notes = "".join(
+        f'<p class="warning">⚠ {html.escape(w)}</p>' for *_, w in rows if w
+    )
+    return (
+        '<h2 id="eval-results">Evaluation: accuracy beside chance and the majority class</h2>'
+        '<p class="muted">chance: a guess drawn from the evaluated label distribution (Σ p²); majority '
+        "class: always answering the most frequent evaluated class.</p>"
+        + _table(head, body, "eval-results")
+        + notes
+    )
 
 
 def _pairs_html(run: RunDir, config, con, acfg, shown: dict[str, int]) -> str:

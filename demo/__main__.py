@@ -101,21 +101,19 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float],
                          f"that balancing kept and download fetched ({len(planted)} planted); "
                          f"{others} other training samples flagged")
     if run.exists("eval/results.parquet"):
-        res = run.read_parquet("eval/results.parquet").to_pandas()
-        zs = res[(res.task == "zeroshot") & (res.metric == "top1")]
-        for _, row in zs.iterrows():
-            n_classes = len(manifest["classes"]) if row.dataset == "shapes" else 10
-            chance = 1 / n_classes
-            lines.append(f"zero-shot {row.dataset}: top-1 {row.value:.1%} vs chance {chance:.1%} "
-                         f"({row.value / chance:.1f}x)")
-        lp = res[(res.task == "linear_probe") & (res.metric.isin(["accuracy", "top1"]))]
-        for _, row in lp.iterrows():
-            lines.append(f"linear probe {row.dataset}: {row.value:.1%}")
+        lines += accuracy_lines(run.read_parquet("eval/results.parquet").to_pylist())
     if run.exists("eval/overlap.parquet"):
-        for _, r in run.read_parquet("eval/overlap.parquet").to_pandas().iterrows():
-            task = f" ({r.task})" if "task" in r else ""
-            lines.append(f"overlap analysis {r.dataset}{task}: overlap {r.overlap_pct:.2f}%  acc all "
-                         f"{r.acc_all:.1%}  clean {r.acc_clean:.1%}  all-clean {r.all_minus_clean:+.2%}")
+        def pct(v: float | None, spec: str = ".1%") -> str:
+            return "n/a" if v is None else format(v, spec)
+
+        for r in run.read_parquet("eval/overlap.parquet").to_pylist():
+            line = (f"overlap analysis {r['dataset']} ({r['task']}): overlap {r['overlap_pct']:.2f}%  acc all "
+                    f"{pct(r['acc_all'])}  clean {pct(r['acc_clean'])}")
+            if r["n_overlap"]:
+                line += f"  overlap {pct(r['acc_overlap'])}  all-clean {pct(r['all_minus_clean'], '+.2%')}"
+            lines.append(line)
+    elif run.exists("eval/results.parquet"):
+        lines.append("overlap analysis: no dedup run: overlap unknown")
     db = run.full_url(RunDir.AUDIT_DB)
     lines += [
         "", "where to look:",
@@ -127,6 +125,33 @@ def summary(run: RunDir, manifest: dict[str, Any], timings: dict[str, float],
         f"  run status       webclip status {run.url}",
     ]
     return "\n".join(lines)
+
+
+def accuracy_lines(results: list[dict[str, Any]]) -> list[str]:
+    """One line per zero-shot and linear-probe result: top-1 beside chance and the majority-class rate
+    (both from the labels evaluated), the classes present and the sample, then any warning."""
+    by_task: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in results:
+        if r["task"] in ("zeroshot", "linear_probe"):
+            key = (r["task"], r["dataset"], r["checkpoint"])
+            entry = by_task.setdefault(key, {"sample": r.get("sample"), "warning": r.get("warning")})
+            entry[r["metric"]] = r["value"]
+    several = len({k[2] for k in by_task}) > 1  # name the checkpoint when the run evaluated several
+    lines = []
+    for (task, dataset, ckpt), m in sorted(by_task.items(), key=lambda kv: (kv[0][0] != "zeroshot", kv[0])):
+        label = "zero-shot" if task == "zeroshot" else "linear probe"
+        dataset = dataset + (f" [{ckpt}]" if several else "")
+        if "chance_top1" not in m:  # results written before baselines were recorded
+            lines.append(f"{label} {dataset}: top-1 {m['top1']:.1%}")
+            continue
+        present, in_set = int(m["n_classes_present"]), int(m.get("n_classes_in_set", m["n_classes_present"]))
+        classes = f"{present} classes" if present == in_set else f"{present} of {in_set} classes"
+        lines.append(f"{label} {dataset}: top-1 {m['top1']:.1%} vs chance {m['chance_top1']:.1%}, "
+                     f"majority class {m['majority_top1']:.1%} ({classes}, {int(m['n'])} images"
+                     + (f", {m['sample']})" if m.get("sample") else ")"))
+        if m.get("warning"):
+            lines.append(f"  WARNING {m['warning']}")
+    return lines
 
 
 def reconcile(run: RunDir) -> list[str]:

@@ -3,8 +3,9 @@
 It holds synthetic photos of coloured shapes (learnable: the colour named in the caption is the
 colour in the image), captions whose topics follow a long-tailed (Zipf) distribution that balancing
 flattens, HTML pages with ``<img alt>`` archived in WARC files plus a CC3M-style TSV pool, broken
-links, ``X-Robots-Tag: noai`` images, links to a refused address, and near-duplicates (resized,
-recompressed, cropped) of evaluation images planted among the training images.
+links, ``X-Robots-Tag: noai`` images, links to a refused address, near-duplicates (resized,
+recompressed, cropped) of evaluation images planted among the training images, and training photos
+published at two URLs. The CIFAR-10 evaluation subset is class-balanced.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipeline.sampling import stratified_sample
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
@@ -49,6 +52,11 @@ class MiniWebSpec:
     broken_links: int = 40
     noai_images: int = 25
     refused_links: int = 15
+    #: training photos published at two URLs (byte-identical copies, as mirrors and reposts are):
+    #: dedup finds them inside the pool (exact_dup)
+    pool_copies: int = 6
+    #: images in the class-balanced CIFAR-10 subset (when the real test set is available)
+    n_cifar: int = 500
     seed: int = 0
 
 
@@ -153,16 +161,26 @@ def build(out: Path, port: int, spec: MiniWebSpec = MiniWebSpec(), cifar_npz: Pa
         planted.append({"evalset": "shapes", "url": f"{base}/img/{name}", "kind": kinds[k % 3]})
     if cifar_npz is not None and cifar_npz.is_file():
         data = np.load(cifar_npz)
-        n = 500
-        np.savez_compressed(out / "evalsets" / "cifar10.npz", x=data["x"][:n], y=data["y"][:n],
-                            classes=data["classes"])
-        for k, idx in enumerate(rng.sample(range(n), spec.planted_per_evalset)):
-            img = Image.fromarray(data["x"][idx])
+        # a class-balanced subset (the file is sorted by class: its first 500 are all airplanes)
+        keep = stratified_sample(data["y"], spec.n_cifar, spec.seed)
+        x, y = data["x"][keep], data["y"][keep]
+        np.savez_compressed(out / "evalsets" / "cifar10.npz", x=x, y=y, classes=data["classes"])
+        for k, idx in enumerate(rng.sample(range(len(keep)), spec.planted_per_evalset)):
+            img = Image.fromarray(x[idx])
             name = f"planted-cifar-{k:03d}.jpg"
             (site / "img" / name).write_bytes(jpeg_bytes(near_duplicate(img, kinds[k % 3]).resize((96, 96))))
-            label = str(data["classes"][data["y"][idx]])
+            label = str(data["classes"][y[idx]])
             pairs.append((f"{base}/img/{name}", f"a {rng.choice(colours)} {label} in the {_zipf_topic(rng)}"))
             planted.append({"evalset": "cifar10", "url": f"{base}/img/{name}", "kind": kinds[k % 3]})
+
+    # the same photo at two URLs; captions on the vocabulary's rarest topic, so balancing keeps both
+    copy_rng = random.Random(spec.seed + 1)  # its own stream: the images above stay as they were
+    for k in range(spec.pool_copies):
+        colour, shape = copy_rng.choice(colours), copy_rng.choice(SHAPES)
+        data = jpeg_bytes(draw_shape(colour, shape, copy_rng))
+        for mirror in ("a", "b"):
+            (site / "img" / f"copy-{k:03d}{mirror}.jpg").write_bytes(data)
+            pairs.append((f"{base}/img/copy-{k:03d}{mirror}.jpg", f"a {colour} {shape} at the {TOPICS[-1]}"))
 
     # what the download stage must refuse or report
     for k in range(spec.noai_images):

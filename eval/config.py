@@ -32,7 +32,10 @@ class RetrievalSetSpec(Section):
         description="coco only: the folder of the images; default: the folder named after the JSON "
         "(captions_val2017.json -> ../val2017), then the JSON's own folder",
     )
-    limit: int | None = Field(None, ge=1, description="use only the first N images (quick runs)")
+    limit: int | None = Field(
+        None, ge=1, description="use a seeded random sample of N images (quick runs); never the first N"
+    )
+    seed: int = Field(0, ge=0, description="seed of the `limit` sample (recorded with the results)")
 
 
 class LinearProbeSpec(Section):

@@ -113,7 +113,7 @@ def overlap_row(
     """One row of ``overlap.parquet`` from per-sample ``correct`` flags and ``is_overlap`` membership.
 
     Accuracies are fractions in [0, 1]; ``overlap_pct`` is a percentage. With no Overlap (or no Clean)
-    images the statistics that need them are NaN.
+    images the statistics that need them are None (null in the table): undefined, not a number.
     """
     correct = np.asarray(correct, dtype=bool)
     is_overlap = np.asarray(is_overlap, dtype=bool)
@@ -129,7 +129,7 @@ def overlap_row(
     else:
         p_value = math.nan
     ci_low, ci_high = clopper_pearson(k_overlap, n_overlap, level) if n_overlap else (math.nan, math.nan)
-    return {
+    row = {
         "dataset": dataset,
         "n_all": n_all,
         "n_overlap": n_overlap,
@@ -143,16 +143,26 @@ def overlap_row(
         "ci_low": ci_low,
         "ci_high": ci_high,
     }
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-def overlap_table(predictions: pa.Table, overlaps: pa.Table | None, level: float = 0.995) -> pa.Table:
-    """``overlap.parquet``: one row per (dataset, task, checkpoint) of ``predictions``.
+def overlap_table(
+    predictions: pa.Table,
+    overlaps: pa.Table | None,
+    level: float = 0.995,
+    searched: set[str] | None = None,
+) -> pa.Table:
+    """``overlap.parquet``: one row per (dataset, task, checkpoint) of ``predictions`` whose overlap is known.
 
     ``predictions`` has dataset, eval_id, correct (and optionally task, checkpoint); ``overlaps`` is
     dedup's table (eval_set, eval_id, confirmed, …; several rows per eval image when it matches several
     training images). An eval image is in Overlap when a confirmed row names it (every row when the
-    table has no ``confirmed`` column); no table means no overlap.
+    table has no ``confirmed`` column). Without dedup's table (``None``) nothing is known about overlap
+    and the table is empty: counting every image as Clean would report a 0 % overlap nobody measured.
+    ``searched``: the eval sets dedup compared with the training data; other datasets are left out too.
     """
+    if overlaps is None:
+        return OVERLAP_SCHEMA.empty_table()
     overlap_ids: dict[str, set[str]] = {}
     if overlaps is not None and overlaps.num_rows:
         sets = overlaps.column("eval_set").to_pylist()
@@ -177,6 +187,8 @@ def overlap_table(predictions: pa.Table, overlaps: pa.Table | None, level: float
         groups.setdefault(key, []).append(i)
     rows = []
     for (dataset, task, ckpt), idx in sorted(groups.items()):
+        if searched is not None and dataset not in searched:
+            continue
         seen = overlap_ids.get(dataset, set())
         member = np.asarray([str(eval_ids[i]) in seen for i in idx], dtype=bool)
         row = overlap_row(dataset, correct[idx], member, level)

@@ -96,8 +96,7 @@ def load_coco(spec: Any) -> CaptionSet:
         else:
             kept.append((str(im["id"]), path, caps))
     dropped["caption_of_unknown_image"] += sum(len(v) for k, v in by_image.items() if k not in known)
-    if spec.limit:
-        kept = kept[: spec.limit]
+    kept = _sampled(kept, spec)
     return _assemble(spec.name, kept, lambda p: Image.open(p), dropped)
 
 
@@ -139,9 +138,17 @@ def load_webdataset(spec: Any) -> CaptionSet:
             else:
                 sid = key if len(tars) == 1 else f"{tar_path.stem}/{key}"
                 kept.append((sid, img, [cap]))
-    if spec.limit:
-        kept = kept[: spec.limit]
+    kept = _sampled(kept, spec)
     return _assemble(spec.name, kept, lambda b: Image.open(io.BytesIO(b)), dropped)
+
+
+def _sampled(kept: list, spec: Any) -> list:
+    """``spec.limit`` images drawn at random with ``spec.seed`` (never the first N), in their order."""
+    if not spec.limit:
+        return kept
+    from pipeline.sampling import random_sample
+
+    return [kept[i] for i in random_sample(len(kept), spec.limit, spec.seed).tolist()]
 
 
 def _assemble(

@@ -1,6 +1,8 @@
 """The eval stage: zero-shot, retrieval and linear probes on one checkpoint, then the overlap analysis.
 
-Tasks: one per (eval set, task): ``zeroshot-<set>``, ``retrieval-<set>``, ``linear_probe-<set>``.
+Tasks: one per (eval set, task): ``zeroshot-<set>-<digest>``, ``retrieval-<set>-<digest>``,
+``linear_probe-<set>-<digest>``, the digest covering the checkpoint's content, the eval set and the
+settings (:mod:`eval.identity`): a changed checkpoint is evaluated again, the same one is skipped.
 Each writes ``<run>/eval/results/<checkpoint>/<set>.<task>.json`` and its per-sample table;
 ``finalize`` gathers every results JSON into ``eval/results.parquet`` and joins the zero-shot (and
 probe) predictions with ``dedup/overlaps.parquet`` into ``eval/overlap.parquet``.
@@ -11,7 +13,6 @@ accelerator the driver sees, and torch already spreads one forward pass over eve
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from eval.baselines import class_warning, describe, label_baselines
 from eval.config import EvalConfig, LinearProbeSpec, RetrievalSetSpec
 from pipeline.errors import ConfigError
 from pipeline.evalsets_spec import EvalSetSpec
@@ -50,6 +52,11 @@ RESULTS_SCHEMA = pa.schema(
         ("task", pa.string()),
         ("metric", pa.string()),
         ("value", pa.float64()),
+        # what was evaluated: "all 10000" or "stratified sample of 500 of 10000, seed 0"
+        ("sample", pa.string()),
+        ("checkpoint_sha256", pa.string()),
+        # e.g. fewer classes evaluated than the set holds; null when none
+        ("warning", pa.string()),
     ]
 )
 
@@ -96,7 +103,16 @@ class EvalStage(Stage):
     name = "eval"
     outputs = ("eval",)
     in_driver: ClassVar[bool] = True
+    # Task ids carry a digest of their inputs; the stage runs every time and skips the tasks whose
+    # inputs (checkpoint content, eval set, settings) were already evaluated.
+    resumable: ClassVar[bool] = False
+    versioned_tasks: ClassVar[bool] = True
     progress: bool = True
+
+    def __init__(self, config: Any, run: RunDir):
+        super().__init__(config, run)
+        self._digest: tuple[str, str] | None = None  # (checkpoint path, content digest)
+        self._ran: set[str] = set()
 
     # ------------------------------------------------------------------ setup
     @property
@@ -124,13 +140,18 @@ class EvalStage(Stage):
                 return os.path.relpath(path, root)
         return path
 
-    def checkpoint_id(self) -> str:
-        """What identifies the checkpoint's content for caches: path, size and modification time."""
+    def checkpoint_sha256(self) -> str:
+        """sha256 of the checkpoint's content (:func:`eval.identity.checkpoint_digest`), once per stage."""
+        from eval.identity import cached_checkpoint_digest
+
         path = self.checkpoint_path()
-        st = os.stat(path)
-        return hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[
-            :16
-        ]
+        if self._digest is None or self._digest[0] != path:
+            self._digest = (path, cached_checkpoint_digest(self.run, path))
+        return self._digest[1]
+
+    def checkpoint_id(self) -> str:
+        """What identifies the checkpoint for caches: the first 16 hex digits of its content digest."""
+        return self.checkpoint_sha256()[:16]
 
     def _evalsets(self) -> dict[str, EvalSetSpec]:
         return {s.name: s for s in self.config.evalsets}
@@ -171,7 +192,7 @@ class EvalStage(Stage):
                 load_templates(spec.templates)
             except ConfigError as exc:
                 raise ConfigError(f"evalsets[{spec.name}].templates: {exc}") from None
-        ids = [t.id for t in self.tasks()]
+        ids = [base for base, _ in self._plan()]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ConfigError(
@@ -192,22 +213,50 @@ class EvalStage(Stage):
                 f"no checkpoint to evaluate at {path!r}: run `webclip train` first (it exports "
                 f"<run>/{DEFAULT_CHECKPOINT}) or set eval.checkpoint"
             )
-        if not self.tasks():
+        if not self._plan():
             raise ConfigError(
                 "eval has nothing to do: add `evalsets:` (zero-shot), `eval.retrieval` or `eval.linear_probe` "
                 f"entries, and keep their kinds in eval.tasks (now {self.cfg.tasks})"
             )
 
-    def tasks(self) -> list[Task]:
-        out = [Task(f"zeroshot-{s.name}", ("zeroshot", s.name)) for s in self.zeroshot_sets()]
+    def _plan(self) -> list[tuple[str, tuple[str, Any]]]:
+        """(readable id, payload) of every evaluation, without the digest (no checkpoint needed)."""
+        out = [(f"zeroshot-{s.name}", ("zeroshot", s.name)) for s in self.zeroshot_sets()]
         if "retrieval" in self.cfg.tasks:
-            out += [Task(f"retrieval-{r.name}", ("retrieval", r.name)) for r in self.cfg.retrieval]
+            out += [(f"retrieval-{r.name}", ("retrieval", r.name)) for r in self.cfg.retrieval]
         if "linear_probe" in self.cfg.tasks:
             out += [
-                Task(f"linear_probe-{self.probe_dataset(p)}", ("linear_probe", i))
+                (f"linear_probe-{self.probe_dataset(p)}", ("linear_probe", i))
                 for i, p in enumerate(self.cfg.linear_probe)
             ]
         return out
+
+    def task_inputs(self, payload: tuple[str, Any]) -> dict[str, Any]:
+        """Everything an evaluation's result depends on: checkpoint content, data, settings."""
+        kind, arg = payload
+        known = self._evalsets()
+        inputs: dict[str, Any] = {
+            "checkpoint_sha256": self.checkpoint_sha256(),
+            "checkpoint_name": self.checkpoint_name(),
+            "kind": kind,
+            "precision": self.cfg.precision,
+            "top_k": self.cfg.top_k,
+        }
+        if kind == "zeroshot":
+            inputs["evalset"] = known[arg].model_dump(mode="json")
+        elif kind == "retrieval":
+            inputs["retrieval"] = next(r for r in self.cfg.retrieval if r.name == arg).model_dump(mode="json")
+        else:
+            p = self.cfg.linear_probe[arg]
+            inputs["probe"] = p.model_dump(mode="json")
+            inputs["sets"] = {n: known[n].model_dump(mode="json") for n in (p.train, p.test, p.val) if n}
+            inputs["seed"] = self.config.seed
+        return inputs
+
+    def tasks(self) -> list[Task]:
+        from eval.identity import inputs_digest
+
+        return [Task(f"{base}-{inputs_digest(self.task_inputs(payload))}", payload) for base, payload in self._plan()]
 
     # ------------------------------------------------------------------ work
     def _model(self) -> tuple[Any, Any, Any, Any]:
@@ -226,6 +275,7 @@ class EvalStage(Stage):
         body = {
             "checkpoint": self.checkpoint_name(),
             "checkpoint_path": os.path.abspath(self.checkpoint_path()),
+            "checkpoint_sha256": self.checkpoint_sha256(),
             "dataset": dataset,
             "task": task,
             "metrics": {k: float(v) for k, v in metrics.items()},
@@ -234,6 +284,7 @@ class EvalStage(Stage):
         self.run.write_json(self.results_path(dataset, task), body)
 
     def process(self, task: Task, stats: Stats) -> None:
+        self._ran.add(task.id)
         kind, arg = task.payload
         if kind == "zeroshot":
             self._zeroshot(self._evalsets()[arg], stats)
@@ -282,6 +333,8 @@ class EvalStage(Stage):
         )
         stats.inc("classifier_cache_hits" if cached else "classifiers_built")
         res = classify(feats, weights, self.cfg.top_k)
+        res.metrics.update(label_baselines(res.labels, es.set_labels))
+        warning = class_warning(spec.name, res.metrics)
         self.run.write_parquet(
             predictions_path(spec.name, "zeroshot"),
             prediction_table(
@@ -298,13 +351,18 @@ class EvalStage(Stage):
                 "n_templates": len(templates),
                 "classifier_cached": cached,
                 "failed": [{"eval_id": i, "reason": r} for i, r in res.failed[:100]],
+                **_sample_details(es, spec.limit, spec.seed),
+                "warnings": [warning] if warning else [],
             },
         )
         print(
             f"[eval] zeroshot {spec.name}: top1={res.metrics['top1']:.4f} top5={res.metrics['top5']:.4f} "
-            f"mean_per_class_recall={res.metrics['mean_per_class_recall']:.4f} n={len(res.eval_ids)}",
+            f"mean_per_class_recall={res.metrics['mean_per_class_recall']:.4f} n={len(res.eval_ids)} "
+            f"({es.sample_description()}): {describe(res.metrics)}",
             file=sys.stderr,
         )
+        if warning:
+            print(f"[eval] WARNING {warning}", file=sys.stderr)
 
     def _retrieval(self, spec: RetrievalSetSpec, stats: Stats) -> None:
         from eval.retrieval import evaluate_retrieval, load_caption_set
@@ -331,7 +389,15 @@ class EvalStage(Stage):
             }
         )
         self.run.write_parquet(f"eval/retrieval/{spec.name}.parquet", ranks)
-        self._write_result(spec.name, "retrieval", res.metrics, {"dropped": dict(res.dropped)})
+        sample = (
+            f"random sample of {spec.limit} images, seed {spec.seed}" if spec.limit else "all images"
+        )
+        self._write_result(
+            spec.name,
+            "retrieval",
+            res.metrics,
+            {"dropped": dict(res.dropped), "sample": sample, "limit": spec.limit, "sample_seed": spec.seed},
+        )
         shown = " ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if "@" in k)
         print(f"[eval] retrieval {spec.name}: {shown}", file=sys.stderr)
 
@@ -339,14 +405,15 @@ class EvalStage(Stage):
         from eval.linear_probe import run_probe, split_indices
 
         known = self._evalsets()
-        _es, train = self._features(known[p.train], stats)
+        train_es, train = self._features(known[p.train], stats)
         x_tr, y_tr, ids_tr = train.features, train.labels, train.eval_ids
         if p.test is None:
             keep, held = split_indices(y_tr, p.test_fraction, self.config.seed)
             x_te, y_te, ids_te = x_tr[held], y_tr[held], [ids_tr[i] for i in held]
             x_tr, y_tr = x_tr[keep], y_tr[keep]
+            test_es = train_es
         else:
-            _es, test = self._features(known[p.test], stats)
+            test_es, test = self._features(known[p.test], stats)
             x_te, y_te, ids_te = test.features, test.labels, test.eval_ids
         x_val = y_val = None
         if p.val is not None:
@@ -367,6 +434,8 @@ class EvalStage(Stage):
         dataset = self.probe_dataset(p)
         from eval.metrics import topk_indices
 
+        res.metrics.update(label_baselines(y_te, test_es.set_labels))
+        warning = class_warning(dataset, res.metrics)
         topk = topk_indices(res.test_scores, self.cfg.top_k)
         self.run.write_parquet(
             predictions_path(dataset, "linear_probe"),
@@ -383,26 +452,66 @@ class EvalStage(Stage):
                 "c_grid": list(p.c_grid),
                 "val_accuracy_by_c": {f"{c:g}": a for c, a in res.val_accuracy.items()},
                 "best_c": res.best_c,
+                **_sample_details(test_es, test_es.spec.limit, test_es.spec.seed),
+                # the test images: a held-out share of the training set's images, or the test set's
+                **(
+                    {"sample": f"{len(y_te)} held out ({p.test_fraction:g}, stratified, seed "
+                     f"{self.config.seed}) of {p.train}: {train_es.sample_description()}"}
+                    if p.test is None
+                    else {}
+                ),
+                "warnings": [warning] if warning else [],
             },
         )
         print(
             f"[eval] linear_probe {dataset}: top1={res.metrics['top1']:.4f} best C={res.best_c:g} "
-            f"(val top1 {res.metrics['val_top1']:.4f})",
+            f"(val top1 {res.metrics['val_top1']:.4f}): {describe(res.metrics)}",
             file=sys.stderr,
         )
+        if warning:
+            print(f"[eval] WARNING {warning}", file=sys.stderr)
 
     # ------------------------------------------------------------------ reduce
     def finalize(self, stats: Stats) -> None:
-        write_results_table(self.run)
-        table = write_overlap_table(self.run, self.cfg.ci_level)
-        if table is not None:
-            for row in table.to_pylist():
+        for task in self.tasks():
+            if task.id not in self._ran:  # its completion marker says these inputs were evaluated
                 print(
-                    f"[eval] overlap {row['dataset']} ({row['task']}): {row['overlap_pct']:.2f}% overlap, "
-                    f"all={row['acc_all']:.4f} clean={row['acc_clean']:.4f} overlap={row['acc_overlap']:.4f} "
-                    f"p={row['p_value']:.3g}",
+                    f"[eval] {task.id}: checkpoint {self.checkpoint_name()} (sha256 "
+                    f"{self.checkpoint_sha256()[:12]}) was already evaluated with this eval set and these "
+                    "settings: skipped (--force redoes it)",
                     file=sys.stderr,
                 )
+        write_results_table(self.run)
+        table = write_overlap_table(self.run, self.cfg.ci_level)
+        if table is None:
+            return
+        for row in table.to_pylist():
+            if row["n_overlap"]:
+                detail = (
+                    f"all={_num(row['acc_all'])} clean={_num(row['acc_clean'])} "
+                    f"overlap={_num(row['acc_overlap'])} p={_num(row['p_value'], '.3g')}"
+                )
+            else:
+                detail = f"all={_num(row['acc_all'])}: no overlapping image, nothing to compare"
+            print(
+                f"[eval] overlap {row['dataset']} ({row['task']}): {row['overlap_pct']:.2f}% overlap, {detail}",
+                file=sys.stderr,
+            )
+
+
+def _num(value: float | None, spec: str = ".4f") -> str:
+    """A statistic for the console; ``n/a`` where it is undefined (null in the table)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _sample_details(es: Any, limit: int | None, seed: int) -> dict[str, Any]:
+    """What the results JSON records about the images evaluated: the sample, its size and seed."""
+    return {
+        "sample": es.sample_description(),
+        "limit": limit,
+        "sample_seed": seed,
+        "n_in_set": es.size_of_set,
+    }
 
 
 def write_results_table(run: RunDir) -> pa.Table:
@@ -410,6 +519,7 @@ def write_results_table(run: RunDir) -> pa.Table:
     rows = []
     for rel in run.glob("eval/results/*/*.json"):
         body = run.read_json(rel)
+        warning = "; ".join(body.get("warnings", [])) or None
         for metric, value in sorted(body.get("metrics", {}).items()):
             rows.append(
                 {
@@ -418,6 +528,9 @@ def write_results_table(run: RunDir) -> pa.Table:
                     "task": body["task"],
                     "metric": metric,
                     "value": float(value),
+                    "sample": body.get("sample"),
+                    "checkpoint_sha256": body.get("checkpoint_sha256"),
+                    "warning": warning,
                 }
             )
     table = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
@@ -426,10 +539,10 @@ def write_results_table(run: RunDir) -> pa.Table:
 
 
 def write_overlap_table(run: RunDir, level: float = 0.995) -> pa.Table | None:
-    """``eval/overlap.parquet`` from every predictions table and ``dedup/overlaps.parquet`` (if present).
+    """``eval/overlap.parquet`` from every predictions table and ``dedup/overlaps.parquet``.
 
-    Without dedup's overlaps every eval image counts as Clean (overlap 0%), so the table still says
-    what was evaluated; the audit page marks that dedup has not run.
+    Without dedup's overlaps the overlap is unknown: nothing is written (a table from an earlier
+    dedup is removed) and it says so; eval sets dedup did not search are left out and named.
     """
     from eval.overlap import overlap_table
 
@@ -440,12 +553,37 @@ def write_overlap_table(run: RunDir, level: float = 0.995) -> pa.Table | None:
     preds = pa.concat_tables(
         [p.select(["dataset", "eval_id", "correct", "task", "checkpoint"]) for p in parts]
     )
-    overlaps = None
-    if run.exists(RunDir.OVERLAPS):
-        overlaps = run.read_parquet(RunDir.OVERLAPS)
-        overlaps = overlaps.select(
-            [c for c in ("eval_set", "eval_id", "confirmed") if c in overlaps.column_names]
+    if not run.exists(RunDir.OVERLAPS):
+        run.remove(OVERLAP)
+        print(
+            f"[eval] overlap analysis: no dedup run: overlap unknown (no {run.full_url(RunDir.OVERLAPS)}; "
+            "run `webclip dedup` with these eval sets, then `webclip eval` again)",
+            file=sys.stderr,
         )
-    table = overlap_table(preds, overlaps, level)
+        return None
+    overlaps = run.read_parquet(RunDir.OVERLAPS)
+    overlaps = overlaps.select([c for c in ("eval_set", "eval_id", "confirmed") if c in overlaps.column_names])
+    searched = _searched_by_dedup(run)
+    unsearched = sorted(set(preds.column("dataset").to_pylist()) - (searched or set()))
+    if searched is None:
+        unsearched = []
+    if unsearched:
+        print(
+            f"[eval] overlap analysis: dedup did not search {', '.join(unsearched)}: overlap unknown there "
+            "(add them to `evalsets:` and rerun `webclip dedup`)",
+            file=sys.stderr,
+        )
+    table = overlap_table(preds, overlaps, level, searched=searched)
     run.write_parquet(OVERLAP, table)
     return table
+
+
+def _searched_by_dedup(run: RunDir) -> set[str] | None:
+    """The eval sets dedup compared with the training data (its summary, else its eval hash files);
+    None when neither says (an overlaps table from elsewhere: every dataset in it counts)."""
+    if run.exists("dedup/summary.json"):
+        sets = run.read_json("dedup/summary.json").get("eval_sets")
+        if isinstance(sets, dict):
+            return set(sets)
+    hashed = {r.split("/")[1] for r in run.glob(f"{RunDir.EVALSETS}/*/hashes.parquet")}
+    return hashed or None

@@ -64,16 +64,19 @@ def stage_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-def prepare_run(config: WebclipConfig) -> RunDir:
-    """Check the run URL is writable, then write the resolved configuration first."""
+def prepare_run(config: WebclipConfig, stages: Sequence[str] | None = None) -> RunDir:
+    """Check the run URL is writable, then record the configuration first.
+
+    With ``stages``: ``config/<stage>.yaml`` for each, and ``config.yaml`` as the union of what every
+    stage ran with (:mod:`pipeline.runconfig`), so no stage overwrites another's settings.
+    """
+    from pipeline.runconfig import CONFIG_DIR, record_run_config
+
     run = RunDir(config.run)
     run.ensure_writable()
-    run.remove_temporaries(RunDir.CONFIG)
-    text = dump_config(config)
-    if run.exists(RunDir.CONFIG) and run.read_text(RunDir.CONFIG) != text:
-        print(f"note: configuration differs from the one in {run.full_url(RunDir.CONFIG)}; overwriting it",
-              file=sys.stderr)
-    run.write_text(RunDir.CONFIG, text)
+    run.remove_temporaries(RunDir.CONFIG, CONFIG_DIR)
+    for note in record_run_config(run, config.model_dump(mode="json"), stages, STAGE_ORDER):
+        print(note, file=sys.stderr)
     return run
 
 
@@ -86,7 +89,7 @@ def run_stages(config: WebclipConfig, names: Sequence[str], *, force: bool = Fal
     stages = [stage_class(n)(config, run) for n in order]
     for stage in stages:  # every stage's static checks pass before the first does any work
         stage.validate()
-    prepare_run(config)
+    prepare_run(config, order)
     note = resume_note(config, order, force=force)
     if note and len(stages) > 1:
         print(note, file=sys.stderr)
@@ -186,12 +189,28 @@ def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
         line += " " + " ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in summary.items())
         line += f" (by its own entry point: {outside})"
     lines = [line]
+    lines += _config_status(run, name, indent)
     for f in failed if state != "done" else []:
         error = " ".join(str(run.read_json(f).get("error", "")).split())
         if len(error) > ERROR_CHARS:
             error = f"{error[:ERROR_CHARS]}… (full text: {run.full_url(f)})"
         lines.append(f"{indent}    failed {f.rsplit('/', 1)[-1][:-5]}: {error}")
     return lines
+
+
+def _config_status(run: RunDir, name: str, indent: str) -> list[str]:
+    """Where the configuration ``name`` ran with is kept, and how it differs from the run's config.yaml."""
+    import yaml
+
+    from pipeline.runconfig import differences, stage_config_path, stage_configs
+
+    mine = stage_configs(run).get(name)
+    if mine is None:
+        return []
+    union = (yaml.safe_load(run.read_text(RunDir.CONFIG)) or {}) if run.exists(RunDir.CONFIG) else {}
+    diff = differences(name, mine, union)
+    where = f"{indent}    config {stage_config_path(name)}"
+    return [where + (f" (unlike config.yaml: {', '.join(diff[:4])}{' …' if len(diff) > 4 else ''})" if diff else "")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

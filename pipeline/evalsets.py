@@ -20,7 +20,9 @@ kind            source                                                     ``eva
 
 Class names: ``spec.classes`` when given (its length must cover every label), else what the source
 holds (npz ``classes``, folder names, MNIST digits, HF ``ClassLabel`` names in parquet metadata, a
-``classes.txt`` beside webdataset tars), else ``str(label)``. ``spec.limit`` keeps the first N records.
+``classes.txt`` beside webdataset tars), else ``str(label)``. ``spec.limit`` keeps a seeded,
+class-stratified sample of N records (:func:`pipeline.sampling.stratified_sample`, seed ``spec.seed``),
+read in record order: eval files are often sorted by class, so the first N could be one class.
 
 A record carries the encoded bytes when the source stores encoded files (folder, webdataset, parquet)
 and a decoded image when it stores pixel arrays (cifar, mnist); :meth:`EvalRecord.rgb` gives an RGB
@@ -48,6 +50,7 @@ from PIL import Image
 from pipeline.errors import ConfigError
 from pipeline.evalsets_spec import EvalSetSpec
 from pipeline.images import to_8bit, to_rgb
+from pipeline.sampling import stratified_sample
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _PARQUET_IMAGE_COLUMNS = ("image", "jpg", "img", "png", "image_bytes", "webp")
@@ -110,22 +113,53 @@ class EvalBatch:
 
 
 class EvalSet:
-    """An evaluation set: ``name``, ``classes``, ``len()`` and iteration over :class:`EvalRecord` s."""
+    """An evaluation set: ``name``, ``classes``, ``len()`` and iteration over :class:`EvalRecord` s.
 
-    def __init__(self, spec: EvalSetSpec, classes: list[str], n: int):
+    ``set_labels`` are the labels of every record of the source; with ``spec.limit`` below their
+    count, ``selected`` holds the sorted record indices of the stratified sample that is iterated.
+    """
+
+    def __init__(self, spec: EvalSetSpec, classes: list[str], labels: np.ndarray):
         self.spec = spec
         self.name = spec.name
         self.classes = classes
-        self._n = n if spec.limit is None else min(n, spec.limit)
+        self.set_labels = np.asarray(labels, dtype=np.int64)
+        n = len(self.set_labels)
+        self.selected: np.ndarray | None = None
+        if spec.limit is not None and spec.limit < n:
+            self.selected = stratified_sample(self.set_labels, spec.limit, spec.seed)
+        self._n = n if self.selected is None else len(self.selected)
 
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def size_of_set(self) -> int:
+        """Records in the source, before ``limit``."""
+        return len(self.set_labels)
+
+    def sample_description(self) -> str:
+        """How the records iterated were chosen, for results tables: all, or the sample and its seed."""
+        if self.selected is None:
+            return f"all {self.size_of_set}"
+        return f"stratified sample of {len(self)} of {self.size_of_set}, seed {self.spec.seed}"
+
     def __iter__(self) -> Iterator[EvalRecord]:
+        if self.selected is None:
+            yield from self._records()
+            return
+        yield from self._selected_records(self.selected)
+
+    def _selected_records(self, indices: np.ndarray) -> Iterator[EvalRecord]:
+        """The records at sorted ``indices``; readers with random access override this."""
+        wanted = iter(indices.tolist())
+        nxt = next(wanted, None)
         for i, rec in enumerate(self._records()):
-            if i >= self._n:
+            if nxt is None:
                 return
-            yield rec
+            if i == nxt:
+                yield rec
+                nxt = next(wanted, None)
 
     def _records(self) -> Iterator[EvalRecord]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -184,15 +218,20 @@ class _ArraySet(EvalSet):
         if len(x) != len(y):
             raise ConfigError(f"eval set {spec.name!r}: {spec.path} has {len(x)} images but {len(y)} labels")
         self.x, self.y = x, y.astype(np.int64)
-        super().__init__(spec, _classes(spec, found, int(self.y.max()) if len(y) else 0), len(x))
+        super().__init__(spec, _classes(spec, found, int(self.y.max()) if len(y) else 0), self.y)
 
     def _records(self) -> Iterator[EvalRecord]:
-        for i in range(len(self.x)):
+        return self._selected_records(np.arange(len(self.x)))
+
+    def _selected_records(self, indices: np.ndarray) -> Iterator[EvalRecord]:
+        for i in indices.tolist():
             yield EvalRecord(f"{i:06d}", int(self.y[i]), image=_array_rgb(self.x[i]))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The pixel arrays and labels (after ``limit``), for consumers that batch on arrays."""
-        return self.x[: len(self)], self.y[: len(self)]
+        if self.selected is None:
+            return self.x, self.y
+        return self.x[self.selected], self.y[self.selected]
 
 
 def _open_cifar(spec: EvalSetSpec) -> EvalSet:
@@ -263,11 +302,17 @@ class _FolderSet(EvalSet):
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
                     self.files.append((f.relative_to(root).as_posix(), label))
         super().__init__(
-            spec, _classes(spec, [d.name for d in class_dirs], len(class_dirs) - 1), len(self.files)
+            spec,
+            _classes(spec, [d.name for d in class_dirs], len(class_dirs) - 1),
+            np.asarray([label for _, label in self.files], dtype=np.int64),
         )
 
     def _records(self) -> Iterator[EvalRecord]:
-        for rel, label in self.files:
+        return self._selected_records(np.arange(len(self.files)))
+
+    def _selected_records(self, indices: np.ndarray) -> Iterator[EvalRecord]:
+        for i in indices.tolist():
+            rel, label = self.files[i]
             yield EvalRecord(rel, label, image_bytes=(self.root / rel).read_bytes())
 
 
@@ -303,7 +348,9 @@ class _WebDatasetSet(EvalSet):
         names_file = (p if p.is_dir() else p.parent) / "classes.txt"
         if names_file.is_file():
             found = [ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        super().__init__(spec, _classes(spec, found, max_label), len(self.index))
+        super().__init__(
+            spec, _classes(spec, found, max_label), np.asarray([lab for _, _, lab in self.index], dtype=np.int64)
+        )
 
     def _scan(self) -> Iterator[tuple[int, str, dict[str, bytes]]]:
         for ti, tar_path in enumerate(self.tars):
@@ -364,7 +411,7 @@ class _ParquetSet(EvalSet):
             ]
         ).astype(np.int64)
         super().__init__(
-            spec, _classes(spec, self._hf_names(schema), int(labels.max()) if len(labels) else 0), len(labels)
+            spec, _classes(spec, self._hf_names(schema), int(labels.max()) if len(labels) else 0), labels
         )
 
     def _hf_names(self, schema) -> list[str] | None:

@@ -21,5 +21,10 @@ class EvalSetSpec(Section):
     kind: Literal["folder", "cifar", "mnist", "webdataset", "parquet"]
     path: InputPath
     classes: list[str] | None = Field(None, description="class names, overriding what the reader finds")
-    limit: int | None = Field(None, ge=1, description="use only the first N images (quick runs)")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="use a seeded, class-stratified sample of N images (quick runs); never the first N",
+    )
+    seed: int = Field(0, ge=0, description="seed of the `limit` sample (recorded with every result)")
     templates: str = Field("photo", description="prompt template set (eval/templates/<name>.txt) or a file path")

@@ -115,7 +115,10 @@ class TrainConfig(Section):
     eval_every: int = Field(
         0, ge=0, description="zero-shot eval on the run's evalsets every N steps (0: off)"
     )
-    eval_limit: int = Field(500, ge=1, description="images per eval set for zero-shot during training")
+    eval_limit: int = Field(
+        500, ge=1, description="images per eval set for zero-shot during training: a class-stratified "
+        "sample drawn with the eval set's `seed`, never the first N"
+    )
     stop_after: int | None = Field(None, ge=1, description="exit after this step without finishing (tests)")
 
     def zero_stage_in(self, ds_json: dict[str, Any]) -> int:

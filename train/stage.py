@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.runconfig import stage_config_path
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 from train.config import read_ds_json
@@ -88,7 +89,13 @@ class TrainStage(Stage):
             else str(REPO / tc.deepspeed_config)
         )
         args = [str(REPO / "train" / "main.py"), "--run", self.run.url, "--deepspeed_config", ds]
-        cfg_file = self.run.local_path(self.run.CONFIG) if self.run.is_local else None
+        # the configuration this stage runs with (config.yaml is the union over stages: other sections
+        # there may be what other stages ran with)
+        cfg_file = None
+        if self.run.is_local:
+            cfg_file = self.run.local_path(stage_config_path("train"))
+            if not cfg_file.is_file():
+                cfg_file = self.run.local_path(self.run.CONFIG)
         if cfg_file is not None and cfg_file.is_file():
             args += ["--config", str(cfg_file)]
         if tc.launcher == "python" or (tc.launcher == "deepspeed" and tc.num_procs == 1 and not tc.hostfile):

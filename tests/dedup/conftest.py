@@ -66,10 +66,22 @@ def write_shard(run: Path, index: int, samples: list[dict]) -> None:
     (shard_dir / f"{name}_stats.json").write_text(json.dumps({"count": len(rows), "successes": n_ok}))
 
 
+def planted_eval_ids(shared_data: Path) -> dict[str, list[str]]:
+    """The eval images :func:`build_training_shards` plants copies of: members of the eval sets'
+    `limit` samples (a sample, not the first N), the first in record order: ``cifar`` (3 upscaled
+    copies), ``bordered`` (1 CIFAR image in a white border), ``mnist`` (2 copies)."""
+    from pipeline.config import load_config
+    from pipeline.evalsets import open_evalset
+
+    cfg = load_config(None, evalset_specs(shared_data))
+    ids = {s.name: [r.eval_id for r in open_evalset(s)] for s in cfg.evalsets}
+    return {"cifar": ids["cifar10"][:3], "bordered": ids["cifar10"][3:4], "mnist": ids["mnist"][:2]}
+
+
 def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
     """Two shards mixing overlaps with CIFAR/MNIST eval images, distinct photos, duplicates and a broken file.
 
-    Returns the keys planted for each expectation.
+    Returns the keys planted for each expectation (the eval ids copied: :func:`planted_eval_ids`).
     """
     cifar = np.load(shared_data / "eval" / "cifar10_test.npz")["x"]
     from pipeline.evalsets import _read_idx
@@ -95,15 +107,20 @@ def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
         )
         expect[kind].append(key)
 
-    for i in (3, 17, 42):  # CIFAR test images 3, 17, 42, upscaled and re-encoded as a crawl would
+    planted = {k: [int(i) for i in v] for k, v in planted_eval_ids(shared_data).items()}
+    for i in planted["cifar"]:  # CIFAR test images in the eval sample, upscaled and re-encoded as a crawl would
         add(0, jpeg(Image.fromarray(cifar[i]).resize((128, 128), Image.BICUBIC), 85), "cifar", 1)
     add(
         0,
-        jpeg(ImageOps.expand(Image.fromarray(cifar[5]).resize((96, 96)), border=8, fill=(255, 255, 255))),
+        jpeg(
+            ImageOps.expand(
+                Image.fromarray(cifar[planted["bordered"][0]]).resize((96, 96)), border=8, fill=(255, 255, 255)
+            )
+        ),
         "bordered",
         2,
     )
-    for i in (0, 1):  # MNIST test images 0 and 1
+    for i in planted["mnist"]:  # MNIST test images in the eval sample
         add(1, jpeg(Image.fromarray(mnist[i]).resize((112, 112), Image.BICUBIC), 92), "mnist", 3)
     for shard, p in enumerate(photos):
         img = Image.open(p).convert("RGB")
@@ -128,7 +145,7 @@ def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
 
 
 def evalset_specs(shared_data: Path) -> list[str]:
-    """``--set`` overrides configuring CIFAR-10 and MNIST test (first 300 images each) as eval sets."""
+    """``--set`` overrides configuring CIFAR-10 and MNIST test (a stratified 300 of each) as eval sets."""
     eval_dir = shared_data / "eval"
     return [
         f"evalsets=[{{name: cifar10, kind: cifar, path: '{eval_dir / 'cifar10_test.npz'}', limit: 300}}, "
@@ -207,18 +224,19 @@ def write_upstream_artifacts(run: Path) -> None:
 def write_eval_artifacts(run: Path) -> None:
     """The eval stage's outputs (results, predictions, overlap analysis) per the eval contract."""
     (run / "eval" / "predictions").mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table(
-            {
-                "checkpoint": ["step-10"] * 2,
-                "dataset": ["cifar10", "mnist"],
-                "task": ["zeroshot"] * 2,
-                "metric": ["top1"] * 2,
-                "value": [0.21, 0.12],
-            }
-        ),
-        run / "eval" / "results.parquet",
-    )
+    results = []
+    for dataset, task, top1 in (("cifar10", "zeroshot", 0.21), ("mnist", "zeroshot", 0.12), ("cifar10", "linear_probe", 0.4)):
+        probe = task == "linear_probe"  # its held-out split here misses a class: it carries a warning
+        metrics = {"top1": top1, "chance_top1": 0.1, "majority_top1": 0.12 if probe else 0.1,
+                   "n_classes_present": 9 if probe else 10, "n_classes_in_set": 10, "n": 90 if probe else 300}
+        warning = "cifar10: only 9 of the set's 10 classes were evaluated" if probe else None
+        results += [
+            {"checkpoint": "step-10", "dataset": dataset, "task": task, "metric": k, "value": float(v),
+             "sample": "stratified sample of 300 of 10000, seed 0", "checkpoint_sha256": "ab" * 32,
+             "warning": warning}
+            for k, v in metrics.items()
+        ]
+    pq.write_table(pa.Table.from_pylist(results), run / "eval" / "results.parquet")
     for name in ("cifar10", "mnist"):
         ids = [f"{i:06d}" for i in range(300)]
         pred = [i % 10 for i in range(300)]
@@ -230,24 +248,28 @@ def write_eval_artifacts(run: Path) -> None:
                     "label": pred,
                     "pred": pred[::-1],
                     "correct": [a == b for a, b in zip(pred, pred[::-1], strict=True)],
+                    "checkpoint": ["step-10"] * 300,
+                    "task": ["zeroshot"] * 300,
                 }
             ),
             run / "eval" / "predictions" / f"{name}.parquet",
         )
     pq.write_table(
         pa.table(
-            {
-                "dataset": ["cifar10", "mnist"],
-                "n_all": [300, 300],
-                "n_overlap": [4, 2],
-                "overlap_pct": [1.33, 0.67],
-                "acc_all": [0.21, 0.12],
-                "acc_overlap": [0.5, 0.5],
-                "acc_clean": [0.206, 0.117],
-                "all_minus_clean": [0.004, 0.003],
-                "p_value": [0.2, 0.3],
-                "ci_low": [0.07, 0.01],
-                "ci_high": [0.93, 0.99],
+            {  # the same set under two tasks: tables must tell them apart by the task column
+                "dataset": ["cifar10", "cifar10", "mnist"],
+                "task": ["linear_probe", "zeroshot", "zeroshot"],
+                "checkpoint": ["step-10"] * 3,
+                "n_all": [90, 300, 300],
+                "n_overlap": [1, 4, 2],
+                "overlap_pct": [1.11, 1.33, 0.67],
+                "acc_all": [0.4, 0.21, 0.12],
+                "acc_overlap": [1.0, 0.5, 0.5],
+                "acc_clean": [0.393, 0.206, 0.117],
+                "all_minus_clean": [0.007, 0.004, 0.003],
+                "p_value": [0.39, 0.2, 0.3],
+                "ci_low": [0.003, 0.07, 0.01],
+                "ci_high": [1.0, 0.93, 0.99],
             }
         ),
         run / "eval" / "overlap.parquet",

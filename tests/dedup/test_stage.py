@@ -15,7 +15,7 @@ from pipeline.cli import prepare_run, status
 from pipeline.errors import ConfigError
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
-from tests.dedup.conftest import build_training_shards, evalset_specs
+from tests.dedup.conftest import build_training_shards, evalset_specs, planted_eval_ids
 
 
 def _run(make_config, tmp_path, overrides, *extra):
@@ -36,11 +36,12 @@ def dedup_run(tmp_path_factory, shared_data, ray_local):
     return cfg, run, expect, result
 
 
-def test_overlaps_are_found_verified_and_removed(dedup_run):
+def test_overlaps_are_found_verified_and_removed(dedup_run, shared_data):
     cfg, run, expect, _ = dedup_run
+    planted = planted_eval_ids(shared_data)
     ov = pq.read_table(run.path("dedup/overlaps.parquet")).to_pylist()
     confirmed = {(r["eval_set"], r["key"]): r for r in ov if r["confirmed"]}
-    for key, eval_id in zip(expect["cifar"], ("000003", "000017", "000042"), strict=True):
+    for key, eval_id in zip(expect["cifar"], planted["cifar"], strict=True):
         row = confirmed[("cifar10", key)]
         assert row["eval_id"] == eval_id and row["verify_score"] >= cfg.dedup.verify_threshold
         assert (
@@ -48,10 +49,10 @@ def test_overlaps_are_found_verified_and_removed(dedup_run):
             and row["entry_ids"] == [1]
             and row["text"].startswith("a photo")
         )
-    for key, eval_id in zip(expect["mnist"], ("000000", "000001"), strict=True):
+    for key, eval_id in zip(expect["mnist"], planted["mnist"], strict=True):
         assert confirmed[("mnist", key)]["eval_id"] == eval_id
     border = confirmed[("cifar10", expect["bordered"][0])]
-    assert border["eval_id"] == "000005" and border["train_view"] == "trim"
+    assert border["eval_id"] == planted["bordered"][0] and border["train_view"] == "trim"
     assert not any(r["key"] in expect["clean"] for r in confirmed.values())
 
     summary = run.read_json("dedup/summary.json")

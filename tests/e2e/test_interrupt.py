@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from demo.__main__ import reconcile
+from pipeline.cli import stage_class
 from pipeline.config import STAGE_ORDER
 from pipeline.rundir import RunDir
 from pipeline.runner import STAGE_MARKER
@@ -93,7 +94,9 @@ def _stage_in_progress(run: RunDir) -> str | None:
 
 
 def _completed(run: RunDir) -> list[str]:
-    return [s for s in STAGE_ORDER if s != "audit" and run.is_done(s, STAGE_MARKER)]
+    """Finished stages a rerun skips whole (audit and eval always run: eval skips its tasks whose inputs
+    were evaluated, by their digests)."""
+    return [s for s in STAGE_ORDER if stage_class(s).resumable and run.is_done(s, STAGE_MARKER)]
 
 
 def draw_point(rng: random.Random, reference: RunDir, after: str | None) -> tuple[str, int]:

@@ -56,3 +56,20 @@ def test_every_stage_end_to_end(e2e_run):
     text = summary(run, manifest, {s: 0.0 for s in config.stages}, peak_rss=3 * 2**30)
     assert "zero-shot shapes" in text and "MISMATCH" not in text
     assert "peak memory 3.00 GiB" in text and all(q in text for q in EXAMPLE_QUERIES)
+    # issue 21: cifar10 on a class-balanced subset, beside chance and the majority-class rate
+    cifar = next(line for line in text.splitlines() if line.startswith("zero-shot cifar10:"))
+    assert "vs chance 10.0%, majority class 10.0% (10 classes, 500 images" in cifar, cifar
+    assert "WARNING" not in text
+
+
+@pytest.mark.slow
+def test_every_readme_audit_query_returns_rows_on_the_demo_run(e2e_run, repo_root):
+    """Issue 21, finding 5: the README's auditor questions answer on the demo's run, not only on a fixture
+    built to contain the ids they name."""
+    from tests.dedup.test_audit import _queries
+
+    queries = _queries(repo_root)
+    assert len(queries) >= 16
+    with duckdb.connect(e2e_run.run.full_url(RunDir.AUDIT_DB), read_only=True) as db:
+        empty = [sql for sql in queries if not db.execute(sql).fetchall()]
+    assert not empty, "README queries with no rows on the demo run:\n" + "\n".join(empty)

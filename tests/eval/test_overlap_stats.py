@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -78,14 +76,21 @@ def test_overlap_table_joins_on_eval_set_and_eval_id():
     assert a["n_overlap"] == 1 and a["acc_overlap"] == 0.0 and a["acc_clean"] == 1.0
     assert a["all_minus_clean"] == pytest.approx(-0.25)
     assert a["p_value"] == 1.0  # P(X >= 0) under any null: no evidence Overlap is easier
-    assert b["n_overlap"] == 0 and math.isnan(b["acc_overlap"]) and math.isnan(b["p_value"])
+    assert b["n_overlap"] == 0 and b["acc_overlap"] is None and b["p_value"] is None  # null, never NaN
     assert b["acc_clean"] == pytest.approx(2 / 3)
 
 
-def test_overlap_table_without_overlaps_is_all_clean():
+def test_overlap_table_without_dedup_is_unknown_not_clean():
+    """Issue 21, finding 4: without dedup's table nothing is known; no row (and no NaN) is written."""
     preds = pa.table({"dataset": ["a", "a"], "eval_id": ["0", "1"], "correct": [True, False]})
-    (row,) = overlap_table(preds, None).to_pylist()
-    assert row["n_overlap"] == 0 and row["acc_all"] == row["acc_clean"] == 0.5
+    table = overlap_table(preds, None)
+    assert table.num_rows == 0 and table.schema == overlap_table(preds, pa.table({"eval_set": ["a"], "eval_id": ["9"]})).schema
+
+
+def test_overlap_table_leaves_out_sets_dedup_did_not_search():
+    preds = pa.table({"dataset": ["a", "b"], "eval_id": ["0", "0"], "correct": [True, False]})
+    overlaps = pa.table({"eval_set": ["a"], "eval_id": ["0"], "confirmed": [True]})
+    assert [r["dataset"] for r in overlap_table(preds, overlaps, searched={"a"}).to_pylist()] == ["a"]
 
 
 def test_only_confirmed_overlap_pairs_count():

@@ -32,17 +32,49 @@ def test_cifar_ids_labels_classes_and_limit(shared_data):
     es = open_evalset(_spec("cifar", shared_data / "eval" / "cifar10_test.npz", limit=5))
     recs = list(es)
     assert len(es) == len(recs) == 5 and es.classes[0] == "airplane" and len(es.classes) == 10
-    assert [r.eval_id for r in recs] == ["000000", "000001", "000002", "000003", "000004"]
-    y = np.load(shared_data / "eval" / "cifar10_test.npz")["y"][:5]
-    assert [r.label for r in recs] == y.tolist()
+    ids = [r.eval_id for r in recs]
+    assert ids == sorted(ids) and len(set(ids)) == 5  # a sample, read in record order
+    y = np.load(shared_data / "eval" / "cifar10_test.npz")["y"]
+    assert [r.label for r in recs] == [int(y[int(i)]) for i in ids]
+    assert len({r.label for r in recs}) == 5  # 5 < 10 classes: five classes, one image each
     assert recs[0].rgb().size == (32, 32) and recs[0].rgb().mode == "RGB"
 
 
-def test_mnist_reads_idx_files(shared_data):
-    es = open_evalset(_spec("mnist", shared_data / "eval" / "mnist", limit=3))
+def test_limit_on_a_class_sorted_set_is_a_stratified_sample_not_the_first_n(shared_data):
+    """Issue 21, finding 1: the CIFAR-10 test file is sorted by class, its first 1,000 images are all
+    airplanes; `limit: 1000` must give every class its share, seeded and recorded."""
+    path = shared_data / "eval" / "cifar10_test.npz"
+    y = np.load(path)["y"]
+    assert set(y[:1000].tolist()) == {0}  # the file really is class-sorted
+    es = open_evalset(_spec("cifar", path, limit=1000))
+    labels = np.asarray([r.label for r in es])
+    assert len(labels) == 1000 and np.bincount(labels, minlength=10).tolist() == [100] * 10
+    assert es.sample_description() == "stratified sample of 1000 of 10000, seed 0"
+    again = [r.eval_id for r in open_evalset(_spec("cifar", path, limit=1000))]
+    other = [r.eval_id for r in open_evalset(_spec("cifar", path, limit=1000, seed=1))]
+    assert again == [r.eval_id for r in es] and other != again  # same seed, same images; not otherwise
+    x, yy = es.arrays()
+    assert len(x) == 1000 and yy.tolist() == labels.tolist()
+
+
+def test_limit_keeps_every_class_of_an_unbalanced_folder_set(tmp_path):
+    for cls, n in (("a", 40), ("b", 8), ("c", 2)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            (tmp_path / cls / f"{i:02d}.png").write_bytes(_png(i))
+    es = open_evalset(_spec("folder", tmp_path, limit=10))
     recs = list(es)
+    counts = np.bincount([r.label for r in recs], minlength=3).tolist()
+    assert len(recs) == 10 and counts[1] >= 1 and counts[2] >= 1 and counts[0] > counts[1]
+    assert all((tmp_path / r.eval_id).is_file() and r.eval_id.startswith("abc"[r.label]) for r in recs)
+
+
+def test_mnist_reads_idx_files(shared_data):
+    es = open_evalset(_spec("mnist", shared_data / "eval" / "mnist"))
+    recs = [r for _, r in zip(range(3), es, strict=False)]
     assert es.classes == [str(i) for i in range(10)] and [r.label for r in recs] == [7, 2, 1]
     assert recs[0].gray().size == (28, 28) and recs[0].rgb().mode == "RGB"
+    assert len(open_evalset(_spec("mnist", shared_data / "eval" / "mnist", limit=3))) == 3
 
 
 def test_folder_sorted_classes_relative_path_ids(tmp_path):
