@@ -39,7 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crawl.domains import url_domain
 from crawl.fetch import SafeFetcher, reason_of
+from crawl.partition import PLAN_VERSION, plan_shards
+from crawl.pixels import NormalizingResizer
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -52,6 +55,9 @@ SHARD_DIGITS = 5
 #: Curated columns carried into every sample's json and the shard parquet (``save_additional_columns``).
 CARRIED = ["uid", "entry_ids"]
 REQUIRED = {"uid": pa.string(), "url": pa.string(), "text": pa.string()}
+#: The download plan: each shard's input rows, and the index with per-shard domain shares.
+PLAN_DIR = "download_plan"
+PLAN_INDEX = f"{PLAN_DIR}/plan.json"
 _HOOK = "download_image_with_retry"
 
 
@@ -93,11 +99,16 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}"
 
 
+def plan_file(shard_id: int) -> str:
+    """Run-relative path of shard ``shard_id``'s input rows in the download plan."""
+    return f"{PLAN_DIR}/{shard_name(shard_id)}.parquet"
+
+
 class DownloadStage(Stage):
     """Downloads the curated list with img2dataset into WebDataset shards, one task per shard."""
 
     name = "download"
-    outputs = ("shards",)
+    outputs = ("shards", PLAN_DIR)
 
     # ----------------------------------------------------------------- planning
     def check(self) -> None:
@@ -118,24 +129,57 @@ class DownloadStage(Stage):
                 )
 
     def tasks(self) -> list[Task]:
-        """One task per img2dataset shard; shard ids count up over the parts in name order."""
+        """One task per shard of the download plan (:mod:`crawl.partition`), written or reused here."""
         size = self.config.download.samples_per_shard
-        tasks: list[Task] = []
-        next_id = 0
-        for part in self.run.glob("curated/part-*.parquet"):
+        plan = self._plan()
+        if len(plan["shards"]) > 10**SHARD_DIGITS:
+            raise ConfigError(
+                f"download.samples_per_shard={size} gives {len(plan['shards'])} shards, more than "
+                f"{SHARD_DIGITS}-digit shard names allow; raise download.samples_per_shard"
+            )
+        return [
+            Task(id=shard_name(s["id"]), payload={"shard": s["id"], "rows": s["rows"], "shares": s["shares"]})
+            for s in plan["shards"]
+        ]
+
+    def _fingerprint(self, parts: list[str]) -> dict[str, Any]:
+        """What the plan is a function of: the curated parts (name, size, rows), shard size, seed."""
+        files = []
+        for part in parts:
             with self.run.fs.open(self.run.path(part), "rb") as fh:
                 rows = pq.ParquetFile(fh).metadata.num_rows
-            count = math.ceil(rows / size)
-            for i in range(count):
-                payload = {"part": part, "first": next_id, "count": count, "index": i, "rows": rows}
-                tasks.append(Task(id=shard_name(next_id + i), payload=payload))
-            next_id += count
-        if next_id > 10**SHARD_DIGITS:
-            raise ConfigError(
-                f"download.samples_per_shard={size} gives {next_id} shards, more than {SHARD_DIGITS}-digit "
-                "shard names allow; raise download.samples_per_shard"
-            )
-        return tasks
+            files.append([part, self.run.fs.size(self.run.path(part)), rows])
+        return {
+            "version": PLAN_VERSION,
+            "parts": files,
+            "samples_per_shard": self.config.download.samples_per_shard,
+            "seed": self.config.seed,
+        }
+
+    def _plan(self) -> dict[str, Any]:
+        """The plan in ``download_plan/``: reused when its fingerprint matches, else computed and
+        written (shard inputs first, ``plan.json`` last, each atomically), so a kill leaves either the
+        old complete plan, or files a rerun overwrites with the same content."""
+        parts = self.run.glob("curated/part-*.parquet")
+        fingerprint = self._fingerprint(parts)
+        if self.run.exists(PLAN_INDEX):
+            saved = self.run.read_json(PLAN_INDEX)
+            if saved.get("fingerprint") == fingerprint:
+                return saved
+        table = (
+            pa.concat_tables([self.run.read_parquet(p, columns=[*REQUIRED, "entry_ids"]) for p in parts])
+            if parts
+            else pa.table({})
+        )
+        domains = [url_domain(u or "") for u in table["url"].to_pylist()] if table.num_rows else []
+        specs = plan_shards(domains, self.config.download.samples_per_shard, self.config.seed)
+        shards = []
+        for spec in specs:
+            self.run.write_parquet(plan_file(spec.shard_id), table.take(pa.array(spec.rows)))
+            shards.append({"id": spec.shard_id, "rows": len(spec.rows), "shares": spec.shares})
+        plan = {"fingerprint": fingerprint, "shards": shards}
+        self.run.write_json(PLAN_INDEX, plan)
+        return plan
 
     # ---------------------------------------------------------------- one shard
     def process(self, task: Task, stats: Stats) -> None:
@@ -164,12 +208,10 @@ class DownloadStage(Stage):
         from img2dataset.resizer import Resizer
 
         cfg = self.config.download
-        p = task.payload
-        first, count, index = p["first"], p["count"], p["index"]
-        shard_id = first + index
+        shard_id = task.payload["shard"]
         with tempfile.TemporaryDirectory(prefix="webclip-dl-") as arrow_tmp:
             reader = Reader(
-                url_list=self.run.full_url(p["part"]),
+                url_list=self.run.full_url(plan_file(shard_id)),
                 input_format="parquet",
                 url_col="url",
                 caption_col="text",
@@ -177,10 +219,10 @@ class DownloadStage(Stage):
                 verify_hash_type=None,
                 save_additional_columns=CARRIED,
                 number_sample_per_shard=cfg.samples_per_shard,
-                # only this task's shard of the part is cut; the others belong to other tasks
-                done_shards={first + i for i in range(count) if i != index},
+                # the plan file is exactly this shard: the reader cuts it whole, numbered shard_id
+                done_shards=set(),
                 tmp_path=arrow_tmp,
-                start_shard_id=first,
+                start_shard_id=shard_id,
             )
             with contextlib.redirect_stdout(io.StringIO()):  # the reader prints progress chatter
                 shards = list(reader)
@@ -197,7 +239,9 @@ class DownloadStage(Stage):
                 min_image_size=cfg.min_image_size,
                 max_image_area=cfg.max_image_pixels,  # second guard behind the fetcher's header check
             )
-            with SafeFetcher(cfg) as fetcher:
+            # 16-bit and EXIF-rotated images re-expressed as 8-bit upright pixels before cv2 decodes them
+            resizer = NormalizingResizer(resizer, exif_transpose=cfg.exif_transpose)
+            with SafeFetcher(cfg, shares=task.payload["shares"]) as fetcher:
                 self._run_downloader(fetcher, resizer, reader.column_list, shards[0], out_dir)
         return fetcher.counters
 
@@ -231,10 +275,7 @@ class DownloadStage(Stage):
         downloader.download_shard(shard)
 
     def _expected_rows(self, task: Task) -> pa.Table:
-        p = task.payload
-        size = self.config.download.samples_per_shard
-        table = self.run.read_parquet(p["part"], columns=["uid", "url", "text", "entry_ids"])
-        return table.slice(p["index"] * size, size)
+        return self.run.read_parquet(plan_file(task.payload["shard"]), columns=["uid", "url", "text", "entry_ids"])
 
     def _publish(
         self, task: Task, local_dir: str, tmp_rel: str, counters: Counter[str], stats: Stats
