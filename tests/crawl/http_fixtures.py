@@ -60,6 +60,7 @@ class ImageServer:
         self.open_now = 0  # TCP connections open right now (from accept to close)
         self.max_open = 0  # the most open at once: what a per-host cap must bound
         self.header_bytes_sent: Counter[str] = Counter()  # /drip-headers/<tag>: bytes out before the hang-up
+        self.drip_seen: list[tuple[str, Counter[str]]] = []  # (path, header_bytes_sent when it arrived)
         self.extra: dict[str, tuple[bytes, str, list[tuple[str, str]]]] = {}  # /extra/<name> routes
         self.throttled_at: float | None = None  # when /throttle-host/ answered its 429
         self.retry_after = 1  # seconds that 429 asks for
@@ -136,6 +137,7 @@ class ImageServer:
                     server.requests.append((self.path, self.headers.get("User-Agent", ""), time.monotonic()))
                     server.hits[path] += 1
                     hits = server.hits[path]
+                    server.drip_seen.append((self.path, Counter(server.header_bytes_sent)))
                 parts = path.strip("/").split("/")
                 route, arg = parts[0], (parts[1] if len(parts) > 1 else "")
                 if route == "img":
