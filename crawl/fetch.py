@@ -217,8 +217,14 @@ class SafeFetcher:
                 attempt.close()
                 raise RefusedAddress(f"connected peer {peer} is {why}")
             hold.enter_context(attempt)
-            conn = http.client.HTTPConnection(target.host, target.port)
-            conn.sock = wrap_tls(sock, self._tls, target.host) if target.scheme == "https" else sock
+            if target.scheme == "https":  # HTTPSConnection only for its default port in the Host header
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    target.host, target.port, context=self._tls
+                )
+                conn.sock = wrap_tls(sock, self._tls, target.host)
+            else:
+                conn = http.client.HTTPConnection(target.host, target.port)
+                conn.sock = sock
             hold.callback(conn.close)
             return conn
         raise last or OSError(f"no address to connect to for {target.host}")
