@@ -1,20 +1,25 @@
 """The download stage: ``<run>/curated/part-*.parquet`` → ``<run>/shards/NNNNN.{tar,parquet}`` + ``NNNNN_stats.json``.
 
-img2dataset does the work — its :class:`~img2dataset.reader.Reader` cuts a curated part into its
-arrow shard files, its :class:`~img2dataset.downloader.Downloader` downloads with a thread pool, its
+img2dataset does the work — its :class:`~img2dataset.reader.Reader` cuts a shard's plan file into
+its arrow shard file, its :class:`~img2dataset.downloader.Downloader` downloads with a thread pool, its
 :class:`~img2dataset.resizer.Resizer` resizes and its
 :class:`~img2dataset.writer.WebDatasetSampleWriter` writes the tar and parquet — while webclip
 supplies what it lacks:
 
-* the fetch function: :class:`crawl.fetch.SafeFetcher` (address checks on every hop, per-host cap,
-  429/503 pauses shared by every task through :mod:`crawl.host_gate`, size and pixel limits, a
-  user agent naming webclip). img2dataset has no parameter for it: ``Downloader.download_shard``
-  calls the module-level name ``download_image_with_retry``. :class:`SafeDownloader` runs
-  img2dataset's own ``download_shard`` code with that one name bound to the webclip fetcher in a
-  private namespace, so nothing in img2dataset is copied or patched globally;
-* the distribution: one pipeline task per img2dataset shard, numbered deterministically from the
-  curated parts, run by :func:`pipeline.runner.run_stage` on Ray — completion markers, retries of
-  failed shards and a report of those that still fail (img2dataset's Ray distributor has none);
+* the fetch function: :class:`crawl.fetch.SafeFetcher` (one socket-enforced deadline per request,
+  address checks on every hop, per-domain and per-address slots held until the socket closes, a
+  per-domain rate, 429/503 pauses shared by every task through :mod:`crawl.host_gate`, size, length,
+  JPEG-completeness and pixel limits, X-Robots-Tag opt-outs, a user agent naming webclip).
+  img2dataset has no parameter for it: ``Downloader.download_shard`` calls the module-level name
+  ``download_image_with_retry``. :class:`SafeDownloader` runs img2dataset's own ``download_shard``
+  code with that one name bound to the webclip fetcher in a private namespace, so nothing in
+  img2dataset is copied or patched globally; its resizer is wrapped by
+  :class:`crawl.pixels.NormalizingResizer` (16-bit and EXIF-rotated images made 8-bit and upright);
+* the distribution: the curated list is cut into shards by registrable domain before any download
+  (:mod:`crawl.partition`, written to ``download_plan/``), so one site's URLs are in a few shard
+  tasks, each of which allows it ``1/K`` of the run's per-host cap and rate. One pipeline task per
+  shard, run by :func:`pipeline.runner.run_stage` on Ray — completion markers, retries of failed
+  shards and a report of those that still fail (img2dataset's Ray distributor has none);
 * atomic output: a shard is written into ``shards/.tmp-<id>-…/`` and moved into place (parquet
   last) before its completion marker, so a killed task leaves nothing that looks finished and a
   rerun rewrites the same shard ids: every curated uid ends in exactly one parquet row.
