@@ -135,13 +135,7 @@ class DownloadStage(Stage):
 
     def tasks(self) -> list[Task]:
         """One task per shard of the download plan (:mod:`crawl.partition`), written or reused here."""
-        size = self.config.download.samples_per_shard
         plan = self._plan()
-        if len(plan["shards"]) > 10**SHARD_DIGITS:
-            raise ConfigError(
-                f"download.samples_per_shard={size} gives {len(plan['shards'])} shards, more than "
-                f"{SHARD_DIGITS}-digit shard names allow; raise download.samples_per_shard"
-            )
         return [
             Task(id=shard_name(s["id"]), payload={"shard": s["id"], "rows": s["rows"], "shares": s["shares"]})
             for s in plan["shards"]
@@ -176,8 +170,15 @@ class DownloadStage(Stage):
             if parts
             else pa.table({})
         )
+        size = self.config.download.samples_per_shard
+        if -(-table.num_rows // size) > 10**SHARD_DIGITS:
+            raise ConfigError(
+                f"download.samples_per_shard={size} gives {-(-table.num_rows // size)} shards for "
+                f"{table.num_rows} rows, more than {SHARD_DIGITS}-digit shard names allow; raise "
+                "download.samples_per_shard"
+            )
         domains = [url_domain(u or "") for u in table["url"].to_pylist()] if table.num_rows else []
-        specs = plan_shards(domains, self.config.download.samples_per_shard, self.config.seed)
+        specs = plan_shards(domains, size, self.config.seed)
         shards = []
         for spec in specs:
             self.run.write_parquet(plan_file(spec.shard_id), table.take(pa.array(spec.rows)))

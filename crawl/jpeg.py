@@ -12,6 +12,8 @@ cut short and followed by a forged EOI.
 
 from __future__ import annotations
 
+import numpy as np
+
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
 
@@ -47,15 +49,22 @@ def jpeg_problem(data: bytes) -> str | None:
         if code != SOS:
             continue
         # entropy-coded data: skip to the first 0xFF that starts a real marker
-        start = pos
-        while True:
-            pos = data.find(b"\xff", pos)
-            if pos < 0 or pos + 1 >= n:
-                return f"scan data runs to the end ({n} bytes) without an end-of-image marker"
-            nxt = data[pos + 1]
-            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
-                pos += 2
-                continue
-            break  # a marker, or a 0xFF fill byte before one
-        if pos > start:
+        end = _scan_end(data, pos)
+        if end < 0:
+            return f"scan data runs to the end ({n} bytes) without an end-of-image marker"
+        if end > pos:
             scans += 1
+        pos = end
+
+
+def _scan_end(data: bytes, start: int) -> int:
+    """Offset of the first 0xFF at or after ``start`` that is not a stuffed ``FF 00`` or a restart
+    marker (``FF D0``-``FF D7``), or -1. In numpy: a photo's entropy data holds hundreds of 0xFF
+    bytes, and a Python loop over them cost ~0.6 ms per 150 KB image."""
+    if start >= len(data) - 1:
+        return -1
+    arr = np.frombuffer(data, dtype=np.uint8, offset=start)
+    ff = np.flatnonzero(arr[:-1] == 0xFF)
+    nxt = arr[ff + 1]
+    real = ff[(nxt != 0x00) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    return start + int(real[0]) if len(real) else -1
