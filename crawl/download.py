@@ -36,7 +36,6 @@ import tarfile
 import tempfile
 import types
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +133,16 @@ class DownloadStage(Stage):
                 )
 
     def tasks(self) -> list[Task]:
-        """One task per shard of the download plan (:mod:`crawl.partition`), written or reused here."""
+        """The tasks of the download plan (:mod:`crawl.partition`), written or reused here: each one
+        shard, or a lane of a big domain's shards run one after another; named by its first shard."""
         plan = self._plan()
         return [
-            Task(id=shard_name(s["id"]), payload={"shard": s["id"], "rows": s["rows"], "shares": s["shares"]})
-            for s in plan["shards"]
+            Task(id=shard_name(t["shards"][0]), payload={"shards": t["shards"], "shares": t["shares"]})
+            for t in plan["tasks"]
         ]
 
     def _fingerprint(self, parts: list[str]) -> dict[str, Any]:
-        """What the plan is a function of: the curated parts (name, size, rows), shard size, seed."""
+        """What the plan is a function of: the curated parts (name, size, rows), shard size, cap, seed."""
         files = []
         for part in parts:
             with self.run.fs.open(self.run.path(part), "rb") as fh:
@@ -152,6 +152,7 @@ class DownloadStage(Stage):
             "version": PLAN_VERSION,
             "parts": files,
             "samples_per_shard": self.config.download.samples_per_shard,
+            "per_host_concurrency": self.config.download.per_host_concurrency,
             "seed": self.config.seed,
         }
 
@@ -178,28 +179,37 @@ class DownloadStage(Stage):
                 "download.samples_per_shard"
             )
         domains = [url_domain(u or "") for u in table["url"].to_pylist()] if table.num_rows else []
-        specs = plan_shards(domains, size, self.config.seed)
-        shards = []
-        for spec in specs:
+        planned = plan_shards(domains, size, self.config.seed, self.config.download.per_host_concurrency)
+        for spec in planned.shards:
             self.run.write_parquet(plan_file(spec.shard_id), table.take(pa.array(spec.rows)))
-            shards.append({"id": spec.shard_id, "rows": len(spec.rows), "shares": spec.shares})
-        plan = {"fingerprint": fingerprint, "shards": shards}
+        plan = {
+            "fingerprint": fingerprint,
+            "shards": [{"id": spec.shard_id, "rows": len(spec.rows)} for spec in planned.shards],
+            "tasks": [{"shards": t.shards, "shares": t.shares} for t in planned.tasks],
+        }
         self.run.write_json(PLAN_INDEX, plan)
         return plan
 
     # ---------------------------------------------------------------- one shard
     def process(self, task: Task, stats: Stats) -> None:
+        """Download the task's shards one after another, through one fetcher (one set of slots)."""
+        with SafeFetcher(self.config.download, shares=task.payload["shares"]) as fetcher:
+            for shard_id in task.payload["shards"]:
+                self._process_shard(shard_id, fetcher, stats)
+        for key, value in fetcher.counters.items():
+            stats.inc(key, value)
+
+    def _process_shard(self, shard_id: int, fetcher: SafeFetcher, stats: Stats) -> None:
         """Download one shard into a temporary folder, check it, move it into ``shards/``."""
-        cfg = self.config.download
-        attempts = cfg.shard_retries + 1
+        attempts = self.config.download.shard_retries + 1
         for attempt in range(attempts):
-            tmp_rel = f"{self.run.SHARDS}/.tmp-{task.id}-{uuid.uuid4().hex[:8]}"
+            tmp_rel = f"{self.run.SHARDS}/.tmp-{shard_name(shard_id)}-{uuid.uuid4().hex[:8]}"
             try:
                 # img2dataset writes on the worker's own disk; only the finished, sorted shard goes
                 # to the run (which may be a bucket), once
                 with tempfile.TemporaryDirectory(prefix="webclip-shard-") as local_dir:
-                    counters = self._download(task, local_dir)
-                    self._publish(task, local_dir, tmp_rel, counters, stats)
+                    self._download(shard_id, fetcher, local_dir)
+                    self._publish(shard_id, local_dir, tmp_rel, stats)
                 return
             except Exception:
                 if attempt == attempts - 1:
@@ -208,13 +218,12 @@ class DownloadStage(Stage):
                 with contextlib.suppress(Exception):
                     self.run.remove(tmp_rel, recursive=True)
 
-    def _download(self, task: Task, out_dir: str) -> Counter[str]:
+    def _download(self, shard_id: int, fetcher: SafeFetcher, out_dir: str) -> None:
         """img2dataset's reader, downloader, resizer and writer for one shard, into local ``out_dir``."""
         from img2dataset.reader import Reader
         from img2dataset.resizer import Resizer
 
         cfg = self.config.download
-        shard_id = task.payload["shard"]
         with tempfile.TemporaryDirectory(prefix="webclip-dl-") as arrow_tmp:
             reader = Reader(
                 url_list=self.run.full_url(plan_file(shard_id)),
@@ -247,9 +256,7 @@ class DownloadStage(Stage):
             )
             # 16-bit and EXIF-rotated images re-expressed as 8-bit upright pixels before cv2 decodes them
             resizer = NormalizingResizer(resizer, exif_transpose=cfg.exif_transpose)
-            with SafeFetcher(cfg, shares=task.payload["shares"]) as fetcher:
-                self._run_downloader(fetcher, resizer, reader.column_list, shards[0], out_dir)
-        return fetcher.counters
+            self._run_downloader(fetcher, resizer, reader.column_list, shards[0], out_dir)
 
     def _run_downloader(
         self, fetcher: SafeFetcher, resizer: Any, columns: list[str], shard: Any, out_dir: str
@@ -280,17 +287,15 @@ class DownloadStage(Stage):
         # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
         downloader.download_shard(shard)
 
-    def _expected_rows(self, task: Task) -> pa.Table:
-        return self.run.read_parquet(plan_file(task.payload["shard"]), columns=["uid", "url", "text", "entry_ids"])
+    def _expected_rows(self, shard_id: int) -> pa.Table:
+        return self.run.read_parquet(plan_file(shard_id), columns=["uid", "url", "text", "entry_ids"])
 
-    def _publish(
-        self, task: Task, local_dir: str, tmp_rel: str, counters: Counter[str], stats: Stats
-    ) -> None:
+    def _publish(self, shard_id: int, local_dir: str, tmp_rel: str, stats: Stats) -> None:
         """Check the local shard, then place tar, stats and (last) parquet in ``shards/``."""
-        name = task.id
+        name = shard_name(shard_id)
         local = Path(local_dir)
         table = pq.read_table(local / f"{name}.parquet")
-        table = self._fill_missing(task, table)
+        table = self._fill_missing(shard_id, table)
         table = table.sort_by("key")
         reasons = [
             None if status == "success" else reason_of(msg)
@@ -319,16 +324,13 @@ class DownloadStage(Stage):
             if reason is not None:
                 stats.drop(reason)
         stats.inc("bytes", self.run.fs.size(self.run.path(self.run.SHARDS, name + ".tar")))
-        for key, value in counters.items():
-            stats.inc(key, value)
 
-    def _fill_missing(self, task: Task, table: pa.Table) -> pa.Table:
+    def _fill_missing(self, shard_id: int, table: pa.Table) -> pa.Table:
         """Rows img2dataset lost (it prints and skips a sample whose write raised) become failure rows."""
-        expected = self._expected_rows(task)
+        expected = self._expected_rows(shard_id)
         if table.num_rows == expected.num_rows:
             return table
         seen = set(table["uid"].to_pylist())
-        shard_id = int(task.id)
         digits = math.ceil(math.log10(self.config.download.samples_per_shard)) + SHARD_DIGITS
         rows = []
         for i, row in enumerate(expected.to_pylist()):

@@ -171,11 +171,12 @@ class SafeFetcher:
         wait = asked if asked is not None else self.config.backoff_base_seconds * (2**attempt)
         return min(wait, self.config.backoff_cap_seconds)
 
-    def domain_limits(self, domain: str) -> tuple[float, float]:
-        """``(cap, seconds between starts)`` for ``domain`` in this task: its 1/K share of the run's."""
+    def domain_limits(self, domain: str) -> tuple[int, float]:
+        """``(slots, seconds between starts)`` for ``domain`` in this task: its 1/K share of the run's
+        (the plan keeps K ≤ ``per_host_concurrency``, so there is always at least one slot)."""
         k = max(1, self.shares.get(domain, 1))
         rps = self.config.per_host_rps
-        return self.config.per_host_concurrency / k, (k / rps if rps else 0.0)
+        return max(1, self.config.per_host_concurrency // k), (k / rps if rps else 0.0)
 
     # -------------------------------------------------------------- one hop
     def _resolve(self, target: _Target, deadline: Deadline) -> list[str]:

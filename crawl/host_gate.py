@@ -3,14 +3,11 @@ task of the crawl honours.
 
 * **Slots** (:class:`HostGate`): at most ``cap`` requests under one key at a time, the task's threads
   served first come, first served. :mod:`crawl.fetch` takes two per request hop: one for the URL's
-  registrable domain (cap and spacing from the download plan: ``per_host_concurrency / K`` and
-  ``K / per_host_rps`` for a domain spread over K shard tasks, see :mod:`crawl.partition`), then one
-  for the address the socket connects to (``per_host_concurrency``: four spellings of one server
-  share it). A slot is held until its socket is closed — no lease expires while a socket is open;
-  the request's deadline (:mod:`crawl.deadline`) is what bounds how long that is.
-* **Fractional caps**: a domain spread over more tasks than its cap gets ``cap < 1`` per task: one
-  slot, and after each request the key rests ``held × (1/cap − 1)``, so the task's share of the time
-  with a request open is at most ``cap``.
+  registrable domain (cap and spacing from the download plan: ``floor(per_host_concurrency / K)``
+  and ``K / per_host_rps`` for a domain in K tasks, see :mod:`crawl.partition`), then one for the
+  address the socket connects to (``per_host_concurrency``: four spellings of one server share it).
+  A slot is held until its socket is closed — no lease expires while a socket is open; the
+  request's deadline (:mod:`crawl.deadline`) is what bounds how long that is.
 * **Spacing**: at most one request start per ``interval`` seconds under a key (the per-host
   requests-per-second limit).
 * **Pauses**: when a host answers 429/503, the host is paused, not just the request: every thread of
@@ -21,13 +18,12 @@ task of the crawl honours.
 Why slots are not counted cluster-wide: that needs a round trip to a shared counter for every
 request. Measured with one Ray actor call per request, the download ran at 0.70× bare img2dataset
 against 1.07× without it, in the same run (see BENCHMARKS.md). The cluster-wide bound comes from the
-plan instead: a domain's URLs are in at most K tasks, each allowed ``1/K`` of its cap and rate.
+plan instead: a domain's URLs are in at most K ≤ cap tasks, each allowed ``1/K`` of its cap and rate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections import deque
@@ -44,8 +40,7 @@ SWEEP_EVERY = 4096
 @dataclass
 class _Host:
     leases: dict[int, float] = field(default_factory=dict)  # lease id -> when it was taken
-    not_before: float = 0.0  # no new request before then: a pause, the spacing, or a rest
-    share: float = 1.0  # the fractional cap last asked for (< 1: rest after each request)
+    not_before: float = 0.0  # no new request before then: a pause or the spacing
 
 
 class HostTable:
@@ -57,22 +52,20 @@ class HostTable:
         self._since_sweep = 0
 
     def try_acquire(
-        self, key: str, cap: float, now: float, interval: float = 0.0
+        self, key: str, cap: int, now: float, interval: float = 0.0
     ) -> tuple[int | None, float | None]:
-        """``(lease, None)`` if a slot is free now; else ``(None, seconds to wait)``, where None means
-        "until a slot is released". ``cap`` may be fractional (see the module doc); at most one
-        request starts per ``interval`` seconds."""
+        """``(lease, None)`` if one of ``cap`` slots is free now; else ``(None, seconds to wait)``,
+        where None means "until a slot is released". At most one start per ``interval`` seconds."""
         state = self._hosts.get(key)
         if state is None:
             state = self._hosts[key] = _Host()
             self._sweep(now)
         if now < state.not_before:
             return None, state.not_before - now
-        if len(state.leases) >= max(1, math.floor(cap)):
+        if len(state.leases) >= cap:
             return None, None
         self._next_lease += 1
         state.leases[self._next_lease] = now
-        state.share = cap
         if interval > 0:
             state.not_before = now + interval
         return self._next_lease, None
@@ -82,10 +75,7 @@ class HostTable:
         state = self._hosts.get(key)
         if state is None:
             return
-        taken = state.leases.pop(lease, None)
-        if taken is not None and state.share < 1:
-            # a fractional share: rest so that open time / wall time stays <= share
-            state.not_before = max(state.not_before, now + (now - taken) * (1 / state.share - 1))
+        state.leases.pop(lease, None)
         if not state.leases and state.not_before <= now:
             del self._hosts[key]
 
@@ -117,7 +107,7 @@ class HostGate:
         self._waiters: dict[str, deque[threading.Event]] = {}
 
     @contextlib.contextmanager
-    def slot(self, key: str, cap: float, interval: float = 0.0) -> Iterator[None]:
+    def slot(self, key: str, cap: int, interval: float = 0.0) -> Iterator[None]:
         """Hold one of ``key``'s slots for the block (waits while the key is full, spaced or paused)."""
         lease = self._acquire(key, cap, interval)
         try:
@@ -132,7 +122,7 @@ class HostGate:
         with self._lock:
             self._table.pause(key, seconds, time.monotonic())
 
-    def _acquire(self, key: str, cap: float, interval: float) -> int:
+    def _acquire(self, key: str, cap: int, interval: float) -> int:
         with self._lock:
             if key not in self._waiters:
                 # nobody queued for the key: take a free slot at once. The queue is only for when
