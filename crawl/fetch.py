@@ -11,9 +11,10 @@ For every URL, and again for every redirect hop:
   socket connects to a checked address (no second DNS lookup an attacker could change), and the
   address actually connected to is checked again;
 * two slots per hop (:mod:`crawl.host_gate`): the URL's registrable domain (at most
-  ``per_host_concurrency / K`` at a time and ``per_host_rps / K`` starts per second in this task,
-  where K is the number of shard tasks the download plan spread that domain over), then the address
-  connected to (at most ``per_host_concurrency``). Both are held until the socket is closed;
+  ``floor(per_host_concurrency / K)`` at a time and ``per_host_rps / K`` starts per second in this
+  task, where K ≤ ``per_host_concurrency`` is the number of tasks the download plan put that domain
+  in), then the address connected to (at most ``per_host_concurrency``). Both are held until the
+  socket is closed;
 * 429/503 are retried ``throttle_retries`` times, after a pause of ``Retry-After`` (or an
   exponential backoff) capped at ``backoff_cap_seconds``. The pause holds the domain, not only the
   request: every thread of the task at once, and every other task of the crawl from its next read of
