@@ -89,6 +89,33 @@ def test_1_the_deadline_covers_the_name_lookup(server, photos):
     assert server.requests == []
 
 
+def test_1_the_deadline_holds_over_tls(photos, tmp_path):
+    """The TLS socket carries the same deadline: an image arrives over HTTPS, a drip is cut off."""
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ImageServer(photos)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    tls.httpd.socket = ctx.wrap_socket(tls.httpd.socket, server_side=True)
+    try:
+        with SafeFetcher(DownloadConfig(allow_addresses=LOOP, timeout=1)) as fetcher:
+            fetcher._tls.load_verify_locations(cafile=str(cert))  # trust this test's own certificate
+            _, stream, err = fetcher.download_image_with_retry((0, f"https://127.0.0.1:{tls.port}/img/{photos[0].name}"))
+            assert err is None and stream.getvalue() == photos[0].read_bytes()
+            _, stream, err = fetcher.download_image_with_retry((1, f"https://127.0.0.1:{tls.port}/drip-headers/t"))
+        assert stream is None and err.startswith("timeout:"), err
+        assert tls.header_bytes_sent["t"] < 400
+    finally:
+        tls.close()
+
+
 # ---------------------------------------------------------------- 2. the per-host cap
 def test_2_a_slot_is_held_until_its_socket_closes(server, photos):
     """Before: the slot was a lease of 2 x timeout + 5 s; the drip outlived it and a second request
