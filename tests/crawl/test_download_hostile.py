@@ -328,6 +328,34 @@ def test_6_exif_orientation_can_be_turned_off():
     assert NormalizingResizer(Probe(), exif_transpose=True)(io.BytesIO(jpeg)) == (40, 80)
 
 
+def test_6_other_modes_reach_the_resizer_as_8_bit():
+    """16-bit TIFF, float TIFF and 16-bit grey+alpha PNG through img2dataset's own resizer: the stored
+    pixels keep their brightness (before: 16 bits kept or saturated, floats black)."""
+    import cv2
+    from img2dataset.resizer import Resizer
+
+    from crawl.pixels import NormalizingResizer
+
+    def save(img: Image.Image, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        return buf.getvalue()
+
+    gray16 = np.full((40, 60), 30000, np.uint16)
+    cases = {  # bytes -> expected mean of the stored 8-bit image
+        cv2.imencode(".tiff", gray16)[1].tobytes(): 30000 / 257,
+        save(Image.fromarray(np.full((40, 60), 0.5, np.float32)), "TIFF"): 127.5,
+        cv2.imencode(".png", cv2.cvtColor(gray16, cv2.COLOR_GRAY2BGRA))[1].tobytes(): 30000 / 257,
+        save(Image.new("CMYK", (60, 40), (0, 0, 0, 128)), "JPEG"): 127,  # 8-bit: passed through as is
+    }
+    resizer = NormalizingResizer(Resizer(32, "keep_ratio", False, encode_format="jpg"))
+    for data, mean in cases.items():
+        out, *_, err = resizer(io.BytesIO(data))
+        assert err is None
+        stored = cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert stored.dtype == np.uint8 and abs(stored.mean() - mean) < 3, (stored.dtype, stored.mean(), mean)
+
+
 # ---------------------------------------------------------------- 7. address ranges and port 0
 def test_7_every_special_purpose_range_is_refused():
     policy = AddressPolicy(LOOP)
