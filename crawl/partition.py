@@ -35,7 +35,7 @@ PLAN_VERSION = 2
 
 def domain_hash(domain: str, seed: int) -> int:
     """A 63-bit hash of ``domain`` under ``seed`` (stable across processes and Python versions)."""
-    digest = hashlib.blake2b(f"{seed}\x00{domain}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}\x00{domain}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
