@@ -1,24 +1,34 @@
 """Benchmark: webclip's download stage vs bare img2dataset on the same URLs, in the same run.
 
-A loopback HTTP server (its own process) serves the real COCO photos from ``../shared/data``; both
-sides download the same URL list with the same image size, resize mode, encoding, shard size,
-thread count and number of processes:
+A loopback HTTP server (its own process) serves the real COCO photos from ``../shared/data`` on
+``--hosts`` distinct loopback addresses (127.77.x.y, one listening socket each, so each is a host of
+its own to both crawlers); the URL list draws its host from a Zipf distribution (``--zipf``: the
+most popular host gets the most URLs, a long tail gets a few), not one host per URL. Both sides
+download the same URL list with the same image size, resize mode, encoding, shard size, thread count
+and number of processes:
 
 * bare: ``img2dataset.download(..., distributor="multiprocessing")`` (urllib, no address checks);
 * webclip: ``DownloadStage`` through ``pipeline.runner.run_stage`` on an embedded Ray with the
-  same number of CPUs (img2dataset's reader/downloader/resizer/writer + the safe fetcher).
+  same number of CPUs (img2dataset's reader/downloader/resizer/writer + the safe fetcher), with
+  everything on: the host-partitioned plan, per-domain and per-address slots (``--cap``), the
+  per-domain rate limit (``--rps``), one deadline per request, the JPEG marker walk, the
+  X-Robots-Tag parser, the pixel normaliser (EXIF orientation on).
+
+The server counts the most requests in flight at once per host; the table shows it for the most
+popular host, for both sides (webclip's must not exceed ``--cap``).
 
 Prints images/s, images/s per core and peak memory (RSS summed over the process tree, sampled),
 and the ratio webclip / bare (target ≥ 0.9). Ray's start-up is done before the clock starts; the
 multiprocessing pool start-up is inside img2dataset's time (it is part of every img2dataset run).
 
-    python benchmarks/download.py --n 3000 --processes 2 --threads 32 --repeat 2
+    python benchmarks/download.py --n 3000 --hosts 200 --zipf 1.0 --processes 2 --threads 32 --repeat 2
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -27,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -42,8 +54,16 @@ import pyarrow.parquet as pq  # noqa: E402
 PHOTOS = REPO.parent / "shared" / "data" / "photos" / "coco_mini"
 
 
-def _serve(port_q: mp.Queue, folder: str) -> None:
+def host_address(i: int) -> str:
+    """The loopback address of bench host ``i`` (127.77.0.1, 127.77.0.2, …)."""
+    return f"127.77.{(i + 1) // 256}.{(i + 1) % 256}"
+
+
+def _serve(port_q: mp.Queue, folder: str, hosts: int) -> None:
     photos = [p.read_bytes() for p in sorted(Path(folder).rglob("*.jpg"))]
+    lock = threading.Lock()
+    in_flight: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -52,13 +72,27 @@ def _serve(port_q: mp.Queue, folder: str) -> None:
             pass
 
         def do_GET(self) -> None:
-            i = int(self.path.rsplit("/", 1)[1].split(".")[0])
-            body = photos[i % len(photos)]
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            host = self.server.server_address[0]
+            if self.path == "/_stats":  # the most requests in flight per host since the last read
+                with lock:
+                    body = json.dumps(dict(peak)).encode()
+                    peak.clear()
+            else:
+                i = int(self.path.rsplit("/", 1)[1].split(".")[0])
+                body = photos[i % len(photos)]
+                with lock:
+                    in_flight[host] += 1
+                    peak[host] = max(peak[host], in_flight[host])
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            finally:
+                if self.path != "/_stats":
+                    with lock:
+                        in_flight[host] -= 1
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -67,9 +101,18 @@ def _serve(port_q: mp.Queue, folder: str) -> None:
         def handle_error(self, request, client_address) -> None:
             pass
 
-    httpd = Server(("127.0.0.1", 0), Handler)
-    port_q.put(httpd.server_address[1])
-    httpd.serve_forever()
+    first = Server((host_address(0), 0), Handler)
+    port = first.server_address[1]
+    servers = [first] + [Server((host_address(i), port), Handler) for i in range(1, hosts)]
+    for srv in servers[1:]:
+        threading.Thread(target=srv.serve_forever, args=(0.5,), daemon=True).start()
+    port_q.put(port)
+    first.serve_forever()
+
+
+def peak_in_flight(port: int) -> Counter[str]:
+    with urllib.request.urlopen(f"http://{host_address(0)}:{port}/_stats", timeout=30) as r:
+        return Counter(json.loads(r.read()))
 
 
 class PeakRSS:
@@ -102,10 +145,15 @@ class PeakRSS:
         self._t.join()
 
 
-def write_urls(folder: Path, port: int, n: int) -> Path:
+def write_urls(folder: Path, port: int, n: int, hosts: int, zipf: float, seed: int = 0) -> Path:
+    """``n`` URLs whose hosts follow a Zipf law over ``hosts`` hosts (host 0 the most popular)."""
+    import numpy as np
+
+    weights = 1 / np.arange(1, hosts + 1) ** zipf
+    picks = np.random.default_rng(seed).choice(hosts, size=n, p=weights / weights.sum())
     rows = {
         "uid": [f"u{i:07d}" for i in range(n)],
-        "url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(n)],
+        "url": [f"http://{host_address(int(h))}:{port}/img/{i}.jpg" for i, h in enumerate(picks)],
         "text": [f"caption {i}" for i in range(n)],
         "entry_ids": [[i % 100] for i in range(n)],
     }
@@ -170,13 +218,14 @@ def run_webclip(folder: Path, args, server_pid: int) -> tuple[float, int, int]:
         None,
         [
             f"ray.num_cpus={args.processes}",
-            "download.allow_addresses=[127.0.0.1/32]",
+            "download.allow_addresses=[127.77.0.0/16]",
             f"download.thread_count={args.threads}",
             f"download.image_size={args.image_size}",
             "download.resize_mode=center_crop",
             f"download.samples_per_shard={args.shard_size}",
             "download.timeout=10",
-            f"download.per_host_concurrency={args.threads}",
+            f"download.per_host_concurrency={args.cap}",
+            f"download.per_host_rps={args.rps}",
         ],
         str(folder),
     )
@@ -194,6 +243,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=32, help="download threads per process / shard task")
     ap.add_argument("--shard-size", type=int, default=500)
     ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--hosts", type=int, default=200, help="distinct loopback hosts the URLs are spread over")
+    ap.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of the host distribution")
+    ap.add_argument("--cap", type=int, default=8, help="webclip per_host_concurrency (whole run)")
+    ap.add_argument("--rps", type=float, default=200, help="webclip per_host_rps (whole run)")
     ap.add_argument("--repeat", type=int, default=2, help="alternating rounds; the median is reported")
     args = ap.parse_args()
     if not PHOTOS.is_dir():
@@ -201,7 +254,7 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     port_q = ctx.Queue()
-    server = ctx.Process(target=_serve, args=(port_q, str(PHOTOS)), daemon=True)
+    server = ctx.Process(target=_serve, args=(port_q, str(PHOTOS), args.hosts), daemon=True)
     server.start()
     port = port_q.get(timeout=60)
 
@@ -210,15 +263,19 @@ def main() -> None:
     ensure_ray(num_cpus=args.processes)  # Ray start-up is not part of the measured download
     from crawl.host_gate import HostGate, PauseFeed
 
-    PauseFeed(HostGate(1, 1.0), 1.0).close()  # the pause board starts once per cluster, like Ray itself
+    PauseFeed(HostGate(), 1.0).close()  # the pause board starts once per cluster, like Ray itself
     tmp = Path(tempfile.mkdtemp(prefix="webclip-bench-dl-"))
     bare, ours = [], []
+    peaks: dict[str, list[Counter[str]]] = {"bare": [], "webclip": []}
     try:
         for r in range(args.repeat):
             base = tmp / f"round{r}"
-            urls = write_urls(base / "webclip", port, args.n)
+            urls = write_urls(base / "webclip", port, args.n, args.hosts, args.zipf)
+            peak_in_flight(port)  # reset the server's counts
             bare.append(run_bare(urls, base / "bare", args, server.pid))
+            peaks["bare"].append(peak_in_flight(port))
             ours.append(run_webclip(base / "webclip", args, server.pid))
+            peaks["webclip"].append(peak_in_flight(port))
             shutil.rmtree(base / "bare", ignore_errors=True)
             print(
                 f"round {r + 1}: bare {args.n / bare[-1][0]:.0f} img/s, webclip {args.n / ours[-1][0]:.0f} img/s",
@@ -228,22 +285,31 @@ def main() -> None:
         server.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def row(name: str, runs: list[tuple[float, int, int]]) -> tuple[float, str]:
+    top = host_address(0)
+
+    def row(name: str, runs: list[tuple[float, int, int]], host_peaks: list[Counter[str]]) -> tuple[float, str]:
         rate = statistics.median(args.n / s for s, _, _ in runs)
         ok = min(o for _, o, _ in runs)
         peak = max(m for _, _, m in runs) / 2**20
+        busiest = max(p[top] for p in host_peaks)
         return rate, (
             f"{name:<22} {rate:>9.0f} {rate / args.processes:>12.0f} {peak:>12.0f} {ok:>8}/{args.n}"
+            f" {busiest:>14}"
         )
 
+    top_share = 1 / sum(1 / k**args.zipf for k in range(1, args.hosts + 1))  # expected share of host 0
     print(
-        f"\n{args.n} loopback URLs (real COCO JPEGs), {args.processes} processes x {args.threads} threads, "
-        f"{args.image_size}px center_crop jpg, {args.shard_size}/shard; median of {args.repeat}; "
-        f"{os.cpu_count()} cores visible"
+        f"\n{args.n} loopback URLs (real COCO JPEGs) over {args.hosts} hosts, Zipf s={args.zipf} "
+        f"(top host {top}: {top_share:.0%} of URLs), {args.processes} processes x {args.threads} threads, "
+        f"{args.image_size}px center_crop jpg, {args.shard_size}/shard; webclip cap {args.cap}, "
+        f"{args.rps:g} req/s per host; median of {args.repeat}; {os.cpu_count()} cores visible"
     )
-    print(f"{'':<22} {'images/s':>9} {'img/s/core':>12} {'peak RSS MiB':>12} {'success':>13}")
-    r_bare, line_bare = row("img2dataset (bare)", bare)
-    r_ours, line_ours = row("webclip download", ours)
+    print(
+        f"{'':<22} {'images/s':>9} {'img/s/core':>12} {'peak RSS MiB':>12} {'success':>13}"
+        f" {'top host peak':>14}"
+    )
+    r_bare, line_bare = row("img2dataset (bare)", bare, peaks["bare"])
+    r_ours, line_ours = row("webclip download", ours, peaks["webclip"])
     print(line_bare)
     print(line_ours)
     print(f"webclip / bare throughput: {r_ours / r_bare:.2f}  (target >= 0.90)")

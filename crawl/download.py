@@ -1,20 +1,25 @@
 """The download stage: ``<run>/curated/part-*.parquet`` → ``<run>/shards/NNNNN.{tar,parquet}`` + ``NNNNN_stats.json``.
 
-img2dataset does the work — its :class:`~img2dataset.reader.Reader` cuts a curated part into its
-arrow shard files, its :class:`~img2dataset.downloader.Downloader` downloads with a thread pool, its
+img2dataset does the work — its :class:`~img2dataset.reader.Reader` cuts a shard's plan file into
+its arrow shard file, its :class:`~img2dataset.downloader.Downloader` downloads with a thread pool, its
 :class:`~img2dataset.resizer.Resizer` resizes and its
 :class:`~img2dataset.writer.WebDatasetSampleWriter` writes the tar and parquet — while webclip
 supplies what it lacks:
 
-* the fetch function: :class:`crawl.fetch.SafeFetcher` (address checks on every hop, per-host cap,
-  429/503 pauses shared by every task through :mod:`crawl.host_gate`, size and pixel limits, a
-  user agent naming webclip). img2dataset has no parameter for it: ``Downloader.download_shard``
-  calls the module-level name ``download_image_with_retry``. :class:`SafeDownloader` runs
-  img2dataset's own ``download_shard`` code with that one name bound to the webclip fetcher in a
-  private namespace, so nothing in img2dataset is copied or patched globally;
-* the distribution: one pipeline task per img2dataset shard, numbered deterministically from the
-  curated parts, run by :func:`pipeline.runner.run_stage` on Ray — completion markers, retries of
-  failed shards and a report of those that still fail (img2dataset's Ray distributor has none);
+* the fetch function: :class:`crawl.fetch.SafeFetcher` (one socket-enforced deadline per request,
+  address checks on every hop, per-domain and per-address slots held until the socket closes, a
+  per-domain rate, 429/503 pauses shared by every task through :mod:`crawl.host_gate`, size, length,
+  JPEG-completeness and pixel limits, X-Robots-Tag opt-outs, a user agent naming webclip).
+  img2dataset has no parameter for it: ``Downloader.download_shard`` calls the module-level name
+  ``download_image_with_retry``. :class:`SafeDownloader` runs img2dataset's own ``download_shard``
+  code with that one name bound to the webclip fetcher in a private namespace, so nothing in
+  img2dataset is copied or patched globally; its resizer is wrapped by
+  :class:`crawl.pixels.NormalizingResizer` (16-bit and EXIF-rotated images made 8-bit and upright);
+* the distribution: the curated list is cut into shards by registrable domain before any download
+  (:mod:`crawl.partition`, written to ``download_plan/``), so one site's URLs are in a few shard
+  tasks, each of which allows it ``1/K`` of the run's per-host cap and rate. One pipeline task per
+  shard, run by :func:`pipeline.runner.run_stage` on Ray — completion markers, retries of failed
+  shards and a report of those that still fail (img2dataset's Ray distributor has none);
 * atomic output: a shard is written into ``shards/.tmp-<id>-…/`` and moved into place (parquet
   last) before its completion marker, so a killed task leaves nothing that looks finished and a
   rerun rewrites the same shard ids: every curated uid ends in exactly one parquet row.
@@ -31,7 +36,6 @@ import tarfile
 import tempfile
 import types
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crawl.domains import url_domain
 from crawl.fetch import SafeFetcher, reason_of
+from crawl.partition import PLAN_VERSION, plan_shards
+from crawl.pixels import NormalizingResizer
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -52,6 +59,9 @@ SHARD_DIGITS = 5
 #: Curated columns carried into every sample's json and the shard parquet (``save_additional_columns``).
 CARRIED = ["uid", "entry_ids"]
 REQUIRED = {"uid": pa.string(), "url": pa.string(), "text": pa.string()}
+#: The download plan: each shard's input rows, and the index with per-shard domain shares.
+PLAN_DIR = "download_plan"
+PLAN_INDEX = f"{PLAN_DIR}/plan.json"
 _HOOK = "download_image_with_retry"
 
 
@@ -93,11 +103,16 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}"
 
 
+def plan_file(shard_id: int) -> str:
+    """Run-relative path of shard ``shard_id``'s input rows in the download plan."""
+    return f"{PLAN_DIR}/{shard_name(shard_id)}.parquet"
+
+
 class DownloadStage(Stage):
     """Downloads the curated list with img2dataset into WebDataset shards, one task per shard."""
 
     name = "download"
-    outputs = ("shards",)
+    outputs = ("shards", PLAN_DIR)
 
     # ----------------------------------------------------------------- planning
     def check(self) -> None:
@@ -118,38 +133,83 @@ class DownloadStage(Stage):
                 )
 
     def tasks(self) -> list[Task]:
-        """One task per img2dataset shard; shard ids count up over the parts in name order."""
-        size = self.config.download.samples_per_shard
-        tasks: list[Task] = []
-        next_id = 0
-        for part in self.run.glob("curated/part-*.parquet"):
+        """The tasks of the download plan (:mod:`crawl.partition`), written or reused here: each one
+        shard, or a lane of a big domain's shards run one after another; named by its first shard."""
+        plan = self._plan()
+        return [
+            Task(id=shard_name(t["shards"][0]), payload={"shards": t["shards"], "shares": t["shares"]})
+            for t in plan["tasks"]
+        ]
+
+    def _fingerprint(self, parts: list[str]) -> dict[str, Any]:
+        """What the plan is a function of: the curated parts (name, size, rows), shard size, cap, seed."""
+        files = []
+        for part in parts:
             with self.run.fs.open(self.run.path(part), "rb") as fh:
                 rows = pq.ParquetFile(fh).metadata.num_rows
-            count = math.ceil(rows / size)
-            for i in range(count):
-                payload = {"part": part, "first": next_id, "count": count, "index": i, "rows": rows}
-                tasks.append(Task(id=shard_name(next_id + i), payload=payload))
-            next_id += count
-        if next_id > 10**SHARD_DIGITS:
+            files.append([part, self.run.fs.size(self.run.path(part)), rows])
+        return {
+            "version": PLAN_VERSION,
+            "parts": files,
+            "samples_per_shard": self.config.download.samples_per_shard,
+            "per_host_concurrency": self.config.download.per_host_concurrency,
+            "seed": self.config.seed,
+        }
+
+    def _plan(self) -> dict[str, Any]:
+        """The plan in ``download_plan/``: reused when its fingerprint matches, else computed and
+        written (shard inputs first, ``plan.json`` last, each atomically), so a kill leaves either the
+        old complete plan, or files a rerun overwrites with the same content."""
+        parts = self.run.glob("curated/part-*.parquet")
+        fingerprint = self._fingerprint(parts)
+        if self.run.exists(PLAN_INDEX):
+            saved = self.run.read_json(PLAN_INDEX)
+            if saved.get("fingerprint") == fingerprint:
+                return saved
+        table = (
+            pa.concat_tables([self.run.read_parquet(p, columns=[*REQUIRED, "entry_ids"]) for p in parts])
+            if parts
+            else pa.table({})
+        )
+        size = self.config.download.samples_per_shard
+        if -(-table.num_rows // size) > 10**SHARD_DIGITS:
             raise ConfigError(
-                f"download.samples_per_shard={size} gives {next_id} shards, more than {SHARD_DIGITS}-digit "
-                "shard names allow; raise download.samples_per_shard"
+                f"download.samples_per_shard={size} gives {-(-table.num_rows // size)} shards for "
+                f"{table.num_rows} rows, more than {SHARD_DIGITS}-digit shard names allow; raise "
+                "download.samples_per_shard"
             )
-        return tasks
+        domains = [url_domain(u or "") for u in table["url"].to_pylist()] if table.num_rows else []
+        planned = plan_shards(domains, size, self.config.seed, self.config.download.per_host_concurrency)
+        for spec in planned.shards:
+            self.run.write_parquet(plan_file(spec.shard_id), table.take(pa.array(spec.rows)))
+        plan = {
+            "fingerprint": fingerprint,
+            "shards": [{"id": spec.shard_id, "rows": len(spec.rows)} for spec in planned.shards],
+            "tasks": [{"shards": t.shards, "shares": t.shares} for t in planned.tasks],
+        }
+        self.run.write_json(PLAN_INDEX, plan)
+        return plan
 
     # ---------------------------------------------------------------- one shard
     def process(self, task: Task, stats: Stats) -> None:
+        """Download the task's shards one after another, through one fetcher (one set of slots)."""
+        with SafeFetcher(self.config.download, shares=task.payload["shares"]) as fetcher:
+            for shard_id in task.payload["shards"]:
+                self._process_shard(shard_id, fetcher, stats)
+        for key, value in fetcher.counters.items():
+            stats.inc(key, value)
+
+    def _process_shard(self, shard_id: int, fetcher: SafeFetcher, stats: Stats) -> None:
         """Download one shard into a temporary folder, check it, move it into ``shards/``."""
-        cfg = self.config.download
-        attempts = cfg.shard_retries + 1
+        attempts = self.config.download.shard_retries + 1
         for attempt in range(attempts):
-            tmp_rel = f"{self.run.SHARDS}/.tmp-{task.id}-{uuid.uuid4().hex[:8]}"
+            tmp_rel = f"{self.run.SHARDS}/.tmp-{shard_name(shard_id)}-{uuid.uuid4().hex[:8]}"
             try:
                 # img2dataset writes on the worker's own disk; only the finished, sorted shard goes
                 # to the run (which may be a bucket), once
                 with tempfile.TemporaryDirectory(prefix="webclip-shard-") as local_dir:
-                    counters = self._download(task, local_dir)
-                    self._publish(task, local_dir, tmp_rel, counters, stats)
+                    self._download(shard_id, fetcher, local_dir)
+                    self._publish(shard_id, local_dir, tmp_rel, stats)
                 return
             except Exception:
                 if attempt == attempts - 1:
@@ -158,18 +218,15 @@ class DownloadStage(Stage):
                 with contextlib.suppress(Exception):
                     self.run.remove(tmp_rel, recursive=True)
 
-    def _download(self, task: Task, out_dir: str) -> Counter[str]:
+    def _download(self, shard_id: int, fetcher: SafeFetcher, out_dir: str) -> None:
         """img2dataset's reader, downloader, resizer and writer for one shard, into local ``out_dir``."""
         from img2dataset.reader import Reader
         from img2dataset.resizer import Resizer
 
         cfg = self.config.download
-        p = task.payload
-        first, count, index = p["first"], p["count"], p["index"]
-        shard_id = first + index
         with tempfile.TemporaryDirectory(prefix="webclip-dl-") as arrow_tmp:
             reader = Reader(
-                url_list=self.run.full_url(p["part"]),
+                url_list=self.run.full_url(plan_file(shard_id)),
                 input_format="parquet",
                 url_col="url",
                 caption_col="text",
@@ -177,10 +234,10 @@ class DownloadStage(Stage):
                 verify_hash_type=None,
                 save_additional_columns=CARRIED,
                 number_sample_per_shard=cfg.samples_per_shard,
-                # only this task's shard of the part is cut; the others belong to other tasks
-                done_shards={first + i for i in range(count) if i != index},
+                # the plan file is exactly this shard: the reader cuts it whole, numbered shard_id
+                done_shards=set(),
                 tmp_path=arrow_tmp,
-                start_shard_id=first,
+                start_shard_id=shard_id,
             )
             with contextlib.redirect_stdout(io.StringIO()):  # the reader prints progress chatter
                 shards = list(reader)
@@ -197,9 +254,9 @@ class DownloadStage(Stage):
                 min_image_size=cfg.min_image_size,
                 max_image_area=cfg.max_image_pixels,  # second guard behind the fetcher's header check
             )
-            with SafeFetcher(cfg) as fetcher:
-                self._run_downloader(fetcher, resizer, reader.column_list, shards[0], out_dir)
-        return fetcher.counters
+            # 16-bit and EXIF-rotated images re-expressed as 8-bit upright pixels before cv2 decodes them
+            resizer = NormalizingResizer(resizer, exif_transpose=cfg.exif_transpose)
+            self._run_downloader(fetcher, resizer, reader.column_list, shards[0], out_dir)
 
     def _run_downloader(
         self, fetcher: SafeFetcher, resizer: Any, columns: list[str], shard: Any, out_dir: str
@@ -230,20 +287,15 @@ class DownloadStage(Stage):
         # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
         downloader.download_shard(shard)
 
-    def _expected_rows(self, task: Task) -> pa.Table:
-        p = task.payload
-        size = self.config.download.samples_per_shard
-        table = self.run.read_parquet(p["part"], columns=["uid", "url", "text", "entry_ids"])
-        return table.slice(p["index"] * size, size)
+    def _expected_rows(self, shard_id: int) -> pa.Table:
+        return self.run.read_parquet(plan_file(shard_id), columns=["uid", "url", "text", "entry_ids"])
 
-    def _publish(
-        self, task: Task, local_dir: str, tmp_rel: str, counters: Counter[str], stats: Stats
-    ) -> None:
+    def _publish(self, shard_id: int, local_dir: str, tmp_rel: str, stats: Stats) -> None:
         """Check the local shard, then place tar, stats and (last) parquet in ``shards/``."""
-        name = task.id
+        name = shard_name(shard_id)
         local = Path(local_dir)
         table = pq.read_table(local / f"{name}.parquet")
-        table = self._fill_missing(task, table)
+        table = self._fill_missing(shard_id, table)
         table = table.sort_by("key")
         reasons = [
             None if status == "success" else reason_of(msg)
@@ -272,16 +324,13 @@ class DownloadStage(Stage):
             if reason is not None:
                 stats.drop(reason)
         stats.inc("bytes", self.run.fs.size(self.run.path(self.run.SHARDS, name + ".tar")))
-        for key, value in counters.items():
-            stats.inc(key, value)
 
-    def _fill_missing(self, task: Task, table: pa.Table) -> pa.Table:
+    def _fill_missing(self, shard_id: int, table: pa.Table) -> pa.Table:
         """Rows img2dataset lost (it prints and skips a sample whose write raised) become failure rows."""
-        expected = self._expected_rows(task)
+        expected = self._expected_rows(shard_id)
         if table.num_rows == expected.num_rows:
             return table
         seen = set(table["uid"].to_pylist())
-        shard_id = int(task.id)
         digits = math.ceil(math.log10(self.config.download.samples_per_shard)) + SHARD_DIGITS
         rows = []
         for i, row in enumerate(expected.to_pylist()):

@@ -25,9 +25,20 @@ class DownloadConfig(Section):
     samples_per_shard: int = Field(
         10_000, ge=1, le=1_000_000, description="curated rows per output shard (the unit of resume)"
     )
+    exif_transpose: bool = Field(
+        True, description="turn images upright by their EXIF orientation tag before resizing"
+    )
     # -- how it is fetched -----------------------------------------------------------------------
     thread_count: int = Field(64, ge=1, le=1024, description="download threads per shard task")
-    timeout: float = Field(10.0, gt=0, le=600, description="seconds allowed for one image: connect + read")
+    timeout: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "seconds allowed for one request: DNS, connect, TLS, headers, body and every redirect hop "
+            "together (time queued for a host slot excluded)"
+        ),
+    )
     retries: int = Field(0, ge=0, le=10, description="retries of transient network errors (timeouts, resets)")
     user_agent_token: str = Field(
         "webclip",
@@ -44,7 +55,22 @@ class DownloadConfig(Section):
         description="X-Robots-Tag directives that make an image refused (robots_noai)",
     )
     per_host_concurrency: int = Field(
-        8, ge=1, le=1024, description="max concurrent requests to one host from one shard task"
+        8,
+        ge=1,
+        le=1024,
+        description=(
+            "max concurrent requests to one registrable domain across every task of the run (each of "
+            "the K tasks the plan spreads it over gets 1/K), and to one address from one task"
+        ),
+    )
+    per_host_rps: float = Field(
+        20.0,
+        ge=0,
+        le=100_000,
+        description=(
+            "max request starts per second to one registrable domain across every task of the run "
+            "(each of its K tasks gets 1/K); 0 = no limit"
+        ),
     )
     pause_poll_seconds: float = Field(
         1.0,

@@ -1,17 +1,24 @@
-"""Per-host politeness: request slots per shard task, and pauses that every task of the crawl honours.
+"""Per-host politeness inside one shard task: request slots, request spacing, and pauses that every
+task of the crawl honours.
 
-* **Slots** (:class:`HostGate`): at most ``per_host_concurrency`` requests to a host at a time from
-  one shard task, its threads served first come, first served. A slot is a lease with an expiry, so
-  a thread that overruns cannot hold it for ever.
+* **Slots** (:class:`HostGate`): at most ``cap`` requests under one key at a time, the task's threads
+  served first come, first served. :mod:`crawl.fetch` takes two per request hop: one for the URL's
+  registrable domain (cap and spacing from the download plan: ``floor(per_host_concurrency / K)``
+  and ``K / per_host_rps`` for a domain in K tasks, see :mod:`crawl.partition`), then one for the
+  address the socket connects to (``per_host_concurrency``: four spellings of one server share it).
+  A slot is held until its socket is closed — no lease expires while a socket is open; the
+  request's deadline (:mod:`crawl.deadline`) is what bounds how long that is.
+* **Spacing**: at most one request start per ``interval`` seconds under a key (the per-host
+  requests-per-second limit).
 * **Pauses**: when a host answers 429/503, the host is paused, not just the request: every thread of
   the task waits out ``Retry-After`` before its next request there. The pause is also posted to the
   :class:`PauseBoard`, one small Ray actor for the whole cluster, which every task reads every
   ``pause_poll_seconds``. So 1,600 tasks do not each have to be told "slow down" by the host.
 
-Why slots are not counted cluster-wide too: that needs a round trip to a shared counter for every
+Why slots are not counted cluster-wide: that needs a round trip to a shared counter for every
 request. Measured with one Ray actor call per request, the download ran at 0.70× bare img2dataset
-against 1.07× without it, in the same run (see BENCHMARKS.md). A pause is rare and costs one
-message to post; reading the board costs one call per task per second.
+against 1.07× without it, in the same run (see BENCHMARKS.md). The cluster-wide bound comes from the
+plan instead: a domain's URLs are in at most K ≤ cap tasks, each allowed ``1/K`` of its cap and rate.
 """
 
 from __future__ import annotations
@@ -26,117 +33,129 @@ from dataclasses import dataclass, field
 #: The board's name carries a version: a cluster still running an older board is not sent new calls.
 BOARD_NAME = "webclip-pause-board-v1"
 NAMESPACE = "webclip"
+#: Idle keys are swept from a :class:`HostTable` after this many acquisitions (a crawl sees millions).
+SWEEP_EVERY = 4096
 
 
 @dataclass
 class _Host:
-    leases: dict[int, float] = field(default_factory=dict)  # lease id -> expiry (monotonic seconds)
-    not_before: float = 0.0  # paused until then (429/503 with Retry-After)
+    leases: dict[int, float] = field(default_factory=dict)  # lease id -> when it was taken
+    not_before: float = 0.0  # no new request before then: a pause or the spacing
 
 
 class HostTable:
-    """Leases and pauses per host; the clock is passed in so tests can drive it."""
+    """Slots, spacing and pauses per key; the clock is passed in so tests can drive it."""
 
     def __init__(self) -> None:
         self._hosts: dict[str, _Host] = {}
         self._next_lease = 0
+        self._since_sweep = 0
 
-    def try_acquire(self, host: str, cap: int, ttl: float, now: float) -> tuple[int | None, float]:
-        """``(lease, 0)`` if a slot is free now, else ``(None, seconds until one may free up)``."""
-        state = self._hosts.get(host)
+    def try_acquire(
+        self, key: str, cap: int, now: float, interval: float = 0.0
+    ) -> tuple[int | None, float | None]:
+        """``(lease, None)`` if one of ``cap`` slots is free now; else ``(None, seconds to wait)``,
+        where None means "until a slot is released". At most one start per ``interval`` seconds."""
+        state = self._hosts.get(key)
         if state is None:
-            state = self._hosts[host] = _Host()
-        for lease in [lease for lease, expiry in state.leases.items() if expiry <= now]:
-            del state.leases[lease]  # an overrunning holder gives its slot back by expiring
+            state = self._hosts[key] = _Host()
+            self._sweep(now)
         if now < state.not_before:
             return None, state.not_before - now
-        if len(state.leases) < cap:
-            self._next_lease += 1
-            state.leases[self._next_lease] = now + ttl
-            return self._next_lease, 0.0
-        return None, max(0.0, min(state.leases.values()) - now)
+        if len(state.leases) >= cap:
+            return None, None
+        self._next_lease += 1
+        state.leases[self._next_lease] = now
+        if interval > 0:
+            state.not_before = now + interval
+        return self._next_lease, None
 
-    def release(self, host: str, lease: int, now: float) -> None:
-        """Give a slot back (an expired or unknown lease is ignored); forget idle hosts."""
-        state = self._hosts.get(host)
+    def release(self, key: str, lease: int, now: float) -> None:
+        """Give a slot back (an unknown lease is ignored); forget idle keys."""
+        state = self._hosts.get(key)
         if state is None:
             return
         state.leases.pop(lease, None)
-        # a crawl sees millions of hosts, most once: an idle host must not stay in memory
         if not state.leases and state.not_before <= now:
-            del self._hosts[host]
+            del self._hosts[key]
 
-    def pause(self, host: str, seconds: float, now: float) -> None:
-        """No new request to ``host`` for ``seconds`` (the longest pause asked wins)."""
-        state = self._hosts.get(host)
+    def pause(self, key: str, seconds: float, now: float) -> None:
+        """No new request under ``key`` for ``seconds`` (the longest pause asked wins)."""
+        state = self._hosts.get(key)
         if state is None:
-            state = self._hosts[host] = _Host()
+            state = self._hosts[key] = _Host()
         state.not_before = max(state.not_before, now + seconds)
+
+    def _sweep(self, now: float) -> None:
+        self._since_sweep += 1
+        if self._since_sweep < SWEEP_EVERY:
+            return
+        self._since_sweep = 0
+        for key in [k for k, s in self._hosts.items() if not s.leases and s.not_before <= now]:
+            del self._hosts[key]
 
     def __len__(self) -> int:
         return len(self._hosts)
 
 
 class HostGate:
-    """One shard task's slots and pauses; threads wait in a per-host queue, first come first served."""
+    """One shard task's slots and pauses; threads wait in a per-key queue, first come first served."""
 
-    def __init__(self, cap: int, ttl: float):
-        self.cap = cap
-        self.ttl = ttl
+    def __init__(self) -> None:
         self._table = HostTable()
         self._lock = threading.Lock()
         self._waiters: dict[str, deque[threading.Event]] = {}
 
     @contextlib.contextmanager
-    def slot(self, host: str) -> Iterator[None]:
-        """Hold one of ``host``'s slots for the block (waits while the host is full or paused)."""
-        lease = self._acquire(host)
+    def slot(self, key: str, cap: int, interval: float = 0.0) -> Iterator[None]:
+        """Hold one of ``key``'s slots for the block (waits while the key is full, spaced or paused)."""
+        lease = self._acquire(key, cap, interval)
         try:
             yield
         finally:
-            self._release(host, lease)
+            self._release(key, lease)
 
-    def pause(self, host: str, seconds: float) -> None:
-        """Hold every new request of this task to ``host`` for ``seconds``."""
+    def pause(self, key: str, seconds: float) -> None:
+        """Hold every new request of this task under ``key`` for ``seconds``."""
         if seconds <= 0:
             return
         with self._lock:
-            self._table.pause(host, seconds, time.monotonic())
+            self._table.pause(key, seconds, time.monotonic())
 
-    def _acquire(self, host: str) -> int:
+    def _acquire(self, key: str, cap: int, interval: float) -> int:
         with self._lock:
-            if host not in self._waiters:
-                # nobody queued for the host: take a free slot at once. The queue is only for when
-                # the host is full or paused; through it, every slot is handed on by a wake-up
-                lease, _ = self._table.try_acquire(host, self.cap, self.ttl, time.monotonic())
+            if key not in self._waiters:
+                # nobody queued for the key: take a free slot at once. The queue is only for when
+                # the key is full or paused; through it, every slot is handed on by a wake-up
+                lease, _ = self._table.try_acquire(key, cap, time.monotonic(), interval)
                 if lease is not None:
                     return lease
             wake = threading.Event()
-            queue = self._waiters.setdefault(host, deque())
+            queue = self._waiters.setdefault(key, deque())
             queue.append(wake)
         try:
             while True:
                 with self._lock:
                     retry_in = None
                     if queue[0] is wake:  # only the head of the queue may take a slot
-                        lease, retry_in = self._table.try_acquire(host, self.cap, self.ttl, time.monotonic())
+                        lease, retry_in = self._table.try_acquire(key, cap, time.monotonic(), interval)
                         if lease is not None:
                             return lease
                     wake.clear()
-                # the head wakes on a release or when a lease/pause runs out; the others on their turn
+                # the head wakes on a release or when a pause/spacing runs out; the others on their turn
                 wake.wait(retry_in)
         finally:
             with self._lock:
                 queue.remove(wake)
                 if queue:
                     queue[0].set()
-                elif self._waiters.get(host) is queue:
-                    del self._waiters[host]
+                elif self._waiters.get(key) is queue:
+                    del self._waiters[key]
 
-    def _release(self, host: str, lease: int) -> None:
+    def _release(self, key: str, lease: int) -> None:
         with self._lock:
-            self._table.release(host, lease, time.monotonic())
-            queue = self._waiters.get(host)
+            self._table.release(key, lease, time.monotonic())
+            queue = self._waiters.get(key)
             if queue:
                 queue[0].set()
 

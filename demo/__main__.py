@@ -50,6 +50,7 @@ def demo_config(run: str, web: Path, manifest: dict[str, Any], steps: int) -> di
         "download": {
             "image_size": 64, "resize_mode": "center_crop", "samples_per_shard": 600, "thread_count": 16,
             "timeout": 5, "allow_addresses": ["127.0.0.1/32"], "per_host_concurrency": 16,
+            "per_host_rps": 0,  # the mini-web is the demo's own loopback server: no rate limit
         },
         "dedup": {"mode": "remove"},
         "train": {"model": "tiny-vit", "steps": steps, "batch_size": 64, "lr": 2e-3, "warmup": 20,

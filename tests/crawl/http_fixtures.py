@@ -57,6 +57,11 @@ class ImageServer:
         self.hits: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight: Counter[str] = Counter()
+        self.open_now = 0  # TCP connections open right now (from accept to close)
+        self.max_open = 0  # the most open at once: what a per-host cap must bound
+        self.header_bytes_sent: Counter[str] = Counter()  # /drip-headers/<tag>: bytes out before the hang-up
+        self.drip_seen: list[tuple[str, Counter[str]]] = []  # (path, header_bytes_sent when it arrived)
+        self.extra: dict[str, tuple[bytes, str, list[tuple[str, str]]]] = {}  # /extra/<name> routes
         self.throttled_at: float | None = None  # when /throttle-host/ answered its 429
         self.retry_after = 1  # seconds that 429 asks for
         self.lock = threading.Lock()
@@ -80,6 +85,33 @@ class ImageServer:
 
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server.lock:
+                    server.open_now += 1
+                    server.max_open = max(server.max_open, server.open_now)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with server.lock:
+                        server.open_now -= 1
+
+            def _drip_headers(self, tag: str, seconds_per_byte: float, total: int) -> None:
+                """A status line and ``total`` bytes of headers, one byte at a time (never a body)."""
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Pad: " + b"a" * total
+                try:
+                    for i in range(len(head)):
+                        self.wfile.write(head[i : i + 1])
+                        self.wfile.flush()
+                        with server.lock:
+                            server.header_bytes_sent[tag] += 1
+                        time.sleep(seconds_per_byte)
+                except OSError:  # the client hung up: what a deadline should make it do
+                    pass
+                self.close_connection = True
 
             def _send(
                 self,
@@ -105,6 +137,7 @@ class ImageServer:
                     server.requests.append((self.path, self.headers.get("User-Agent", ""), time.monotonic()))
                     server.hits[path] += 1
                     hits = server.hits[path]
+                    server.drip_seen.append((self.path, Counter(server.header_bytes_sent)))
                 parts = path.strip("/").split("/")
                 route, arg = parts[0], (parts[1] if len(parts) > 1 else "")
                 if route == "img":
@@ -136,6 +169,33 @@ class ImageServer:
                             time.sleep(0.5)
                     except OSError:
                         pass
+                elif route == "drip-headers":  # /drip-headers/<tag>: 1 byte per 0.1 s, ~40 s of headers
+                    self._drip_headers(arg, 0.1, 400)
+                elif route == "slow-redirect":  # /slow-redirect/<n>/<name>: n hops, 0.6 s each, then the image
+                    time.sleep(0.6)
+                    n = int(arg)
+                    name = parts[2] if len(parts) > 2 else "x"
+                    if n > 0:
+                        self._send(302, b"", "text/plain", {"Location": f"/slow-redirect/{n - 1}/{name}"})
+                    else:
+                        self._send(200, self._photo(name))
+                elif route == "short":  # Content-Length of the whole photo, half of it + an EOI, then close
+                    body = self._photo(arg)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2] + b"\xff\xd9")
+                    self.close_connection = True
+                elif route == "extra":  # a body and headers a test registered under this name
+                    body, ctype, headers = server.extra[arg]
+                    self.send_response(200)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    for k, v in headers:  # a list: one header name may repeat
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(body)
                 elif route == "text":
                     self._send(200, b"<html><body>not an image</body></html>", "text/html")
                 elif route == "truncated":

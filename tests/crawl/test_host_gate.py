@@ -22,44 +22,55 @@ def server(shared_data):
     srv.close()
 
 
-def test_table_caps_expires_pauses_and_forgets_idle_hosts():
+def test_table_caps_holds_until_release_pauses_and_forgets_idle_hosts():
     table = HostTable()
-    a, _ = table.try_acquire("h", cap=2, ttl=10, now=0)
-    b, _ = table.try_acquire("h", cap=2, ttl=10, now=1)
+    a, _ = table.try_acquire("h", cap=2, now=0)
+    b, _ = table.try_acquire("h", cap=2, now=1)
     assert a is not None and b is not None and a != b
-    assert table.try_acquire("h", cap=2, ttl=10, now=2) == (None, 8)  # the first lease ends at 10
-    c, _ = table.try_acquire("other", cap=2, ttl=10, now=2)
+    assert table.try_acquire("h", cap=2, now=2) == (None, None)  # full until a release
+    c, _ = table.try_acquire("other", cap=2, now=2)
     assert c is not None  # hosts are independent
-    # a holder that overran never released: its lease expires and the slot is free again
-    d, _ = table.try_acquire("h", cap=2, ttl=10, now=10)
+    # no lease expires while its holder has not released it (its socket is still open), however long
+    assert table.try_acquire("h", cap=2, now=10_000) == (None, None)
+    table.release("h", a, now=10_000)
+    d, _ = table.try_acquire("h", cap=2, now=10_000)
     assert d is not None
-    table.pause("h", 5, now=10)
-    table.pause("h", 1, now=10)  # a shorter pause does not cut the longer one
-    table.release("h", b, now=10)
-    assert table.try_acquire("h", cap=2, ttl=10, now=12) == (None, 3)
-    e, _ = table.try_acquire("h", cap=2, ttl=10, now=15)
+    table.pause("h", 5, now=10_000)
+    table.pause("h", 1, now=10_000)  # a shorter pause does not cut the longer one
+    table.release("h", b, now=10_000)
+    assert table.try_acquire("h", cap=2, now=10_002) == (None, 3)
+    e, _ = table.try_acquire("h", cap=2, now=10_005)
     assert e is not None
     for host, lease in (("h", d), ("h", e), ("other", c), ("h", 12345)):  # 12345: unknown, ignored
-        table.release(host, lease, now=15)
+        table.release(host, lease, now=10_005)
     assert len(table) == 0  # idle hosts are forgotten (a crawl sees millions of them)
 
 
+def test_table_spaces_starts():
+    table = HostTable()
+    a, _ = table.try_acquire("r", cap=8, now=0, interval=0.5)  # at most 2 starts per second
+    assert a is not None
+    assert table.try_acquire("r", cap=8, now=0.2, interval=0.5) == (None, 0.5 - 0.2)
+    b, _ = table.try_acquire("r", cap=8, now=0.5, interval=0.5)
+    assert b is not None
+
+
 def test_gate_serves_a_host_in_order_and_pauses_it():
-    gate = HostGate(cap=1, ttl=60)
+    gate = HostGate()
     order: list[int] = []
 
     def worker(i: int) -> None:
-        with gate.slot("h"):
+        with gate.slot("h", 1):
             order.append(i)
             time.sleep(0.03)
 
-    with gate.slot("h"):
+    with gate.slot("h", 1):
         threads = []
         for i in range(5):
             threads.append(threading.Thread(target=worker, args=(i,)))
             threads[-1].start()
             time.sleep(0.03)  # queue them in a known order
-        with gate.slot("elsewhere"):  # another host is not held up by this one
+        with gate.slot("elsewhere", 1):  # another host is not held up by this one
             pass
         gate.pause("h", 0.5)
         start = time.monotonic()
