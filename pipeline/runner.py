@@ -175,10 +175,12 @@ def merged_task_stats(run: RunDir, stage: str, task_ids: list[str]) -> Stats:
     return total
 
 
-def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> StageResult:
+def run_stage(stage: Stage, *, progress: bool = True, force: bool = False, checked: bool = False) -> StageResult:
     """Run every unfinished task of ``stage``, then its finalize, then write ``stats/<stage>.json``.
 
-    Raises :class:`~pipeline.errors.StageFailed` (after writing stats) if tasks failed after retries.
+    ``checked``: the caller already ran ``stage.check()`` (before writing anything), so it is not
+    repeated. Raises :class:`~pipeline.errors.StageFailed` (after writing stats) if tasks failed
+    after retries.
     """
     run, name = stage.run, stage.name
     stage.progress = progress
@@ -188,6 +190,8 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
         return StageResult(name, Stats.from_dict(saved), skipped_stage=True)
 
     wall = time.perf_counter()
+    if not checked:  # before anything is removed or written: a ConfigError (exit 2) leaves no trace
+        stage.check()
     stale = run.remove_temporaries(
         *stage.outputs,
         f"_done/{name}", f"_failed/{name}", run.stats_path(name),
@@ -195,7 +199,6 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
     if stale:
         print(f"[{name}] removed {len(stale)} temporary file(s) an interrupted run left: "
               f"{', '.join(stale[:5])}{' …' if len(stale) > 5 else ''}", file=sys.stderr)
-    stage.check()
     tasks = stage.tasks()
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
