@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 # Each stage package owns its section's schema; these modules hold only pydantic models.
 from crawl.config import BalanceConfig, DownloadConfig, ExtractConfig, MatchConfig, VocabConfig
@@ -39,6 +39,26 @@ class RayConfig(Section):
     task_retries: int = Field(2, ge=0, le=20, description="retries of a task that raises or whose worker dies")
     cpus_per_task: float = Field(1.0, gt=0, le=64)
     include_dashboard: bool = False
+    stage_resources: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"download": {"download": 1.0}},
+        description="custom Ray resources each task of a stage requests, by stage: the download stage asks "
+        "for one unit of `download`, which only download workers declare (infra/ray/cluster.yaml), so the "
+        "head's CPUs never run shards; the embedded Ray declares one per CPU. {} for a stage: any node",
+    )
+
+    @model_validator(mode="after")
+    def _stage_resources_name_stages(self) -> RayConfig:
+        unknown = sorted(set(self.stage_resources) - set(STAGE_ORDER))
+        if unknown:
+            raise ValueError(f"stage_resources names unknown stage(s) {unknown}; valid: {', '.join(STAGE_ORDER)}")
+        for stage, res in self.stage_resources.items():
+            bad = [k for k, v in res.items() if k in ("CPU", "GPU", "memory") or v <= 0]
+            if bad:
+                raise ValueError(
+                    f"stage_resources.{stage}: {bad} must be custom resources with amounts > 0 "
+                    "(CPUs per task are ray.cpus_per_task)"
+                )
+        return self
 
 
 class WebclipConfig(Section):

@@ -68,6 +68,7 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
         "runtime-env-agent-port", "ray-client-server-port")]
     start = [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
              "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+             f'--resources={{"download": {num_cpus}}}',  # as a download worker: download tasks request it
              "--disable-usage-stats", f"--temp-dir={temp_dir}", *extra]
     proc = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
