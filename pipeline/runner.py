@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline.errors import StageFailed
+from pipeline.progress import progress_bar
 from pipeline.rundir import RunDir
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -111,6 +110,10 @@ def _init_ray(
         names = resources if resources is not None else default_custom_resources()
         kwargs.update(num_cpus=num_cpus, include_dashboard=include_dashboard,
                       resources={name: float(cpus) for name in names})
+        # Ray 2.5x turns token authentication on for every new local instance and logs a warning
+        # saying so each time; for an embedded, loopback-only Ray that is noise on every stage. The
+        # secure default stays; only its announcement is silenced.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         # An embedded, one-machine Ray has no reason to listen beyond loopback. Ray binds its node to
         # the loopback address when its "cluster mode" is off: the environment variable (Ray's own
         # name) reaches the processes it starts, the constant covers a `ray` imported before now.
@@ -179,7 +182,7 @@ def _remote_execute(stage: Stage, task: Task) -> dict[str, Any]:
     return execute_task(stage, task, parent=os.getppid(), node=node)  # a Ray worker's parent is its raylet
 
 
-def _run_inline(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _run_inline(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
     results, failures = [], {}
     retries = stage.config.ray.task_retries
     for task in todo:
@@ -195,7 +198,7 @@ def _run_inline(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[st
     return results, failures
 
 
-def _run_on_ray(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _run_on_ray(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
     import ray
 
     cfg = stage.config.ray
@@ -264,10 +267,7 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False, check
     todo = [t for t in tasks if t.id not in done]
     inline = run.is_process_local or stage.in_driver
     where = "in the driver process" if inline else "on Ray"
-    bar = tqdm(
-        total=len(tasks), initial=len(tasks) - len(todo), desc=f"[{name}] tasks", unit="task",
-        disable=not progress, file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
-    )
+    bar = progress_bar(len(tasks), len(tasks) - len(todo), f"[{name}] tasks", "task", disable=not progress)
     if todo:
         runner = _run_inline if inline else _run_on_ray
         _, failures = runner(stage, todo, bar)
