@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def test_every_node_has_an_instance_profile_with_the_documented_policy(cluster):
         assert worker["node_config"]["IamInstanceProfile"] == {"Name": "webclip-ray-worker"}
     iam = REPO / "infra" / "ray" / "iam"
     script = (iam / "create-profiles.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(iam / "create-profiles.sh")]).returncode == 0
     assert "webclip-ray-$who" in script and "RUN_BUCKET/$bucket" in script
     for who in ("head", "worker"):
         policy = json.loads((iam / f"{who}-policy.json").read_text())
