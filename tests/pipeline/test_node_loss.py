@@ -34,6 +34,7 @@ from tests.ray_cluster import RAY, free_port
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "tests" / "three_nodes.py"
 DELAY = 0.6  # seconds per image: a shard of 3 images takes ~2 s, so a node dies mid-shard
+PARTS, ROWS = 16, 150_000  # pool parts for the match test: about a second of matching each
 
 
 class ThreeNodes:
@@ -173,6 +174,28 @@ def _fresh_shard_started(server: ImageServer, since: int, per_shard: int = 3) ->
     return check
 
 
+def _a_moment_later(seconds: float) -> Callable[[], bool]:
+    """True ``seconds`` after its first call: the node that just finished a task has taken its next one
+    (a match task here runs for about a second, so the kill lands inside it)."""
+    start: list[float] = []
+
+    def check() -> bool:
+        if not start:
+            start.append(time.monotonic())
+        return time.monotonic() - start[0] >= seconds
+
+    return check
+
+
+def _task_attempts(nodes: ThreeNodes, name: str) -> list[dict]:
+    """Every attempt of the tasks called ``name`` the cluster knows, from `ray list tasks`."""
+    out = subprocess.run([RAY, "list", "tasks", "--address", nodes.state["address"], "--filter", f"name={name}",
+                          "--detail", "--format", "json", "--limit", "10000"],
+                         env=nodes.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout[out.stdout.index("["):])
+
+
 def _download_config(tmp: Path) -> Path:
     cfg = tmp / "crawl.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -245,11 +268,12 @@ def test_node_lost_mid_download_finishes_on_the_survivors(nodes, server, tmp_pat
     # the shard the node was downloading was downloaded again on a survivor: some URLs twice
     urls = [path for path, _, _ in server.requests[before:]]
     assert any(urls.count(u) > 1 for u in urls if "/slow/" in u)
+    assert any(t.get("node_id") == killed and t["state"] == "FAILED" for t in _task_attempts(nodes, "download"))
     _uids_once(run_dir, rows)
     assert _shard_bytes(run_dir) == _shard_bytes(ref)
 
 
-def _match_inputs(run_dir: Path, parts: int = 30, rows: int = 20_000) -> None:
+def _match_inputs(run_dir: Path, parts: int = PARTS, rows: int = ROWS) -> None:
     run = RunDir(str(run_dir))
     words = ["red bus", "cat", "photo", "dog", "street", "tree"]
     for k in range(parts):
@@ -277,18 +301,25 @@ def test_node_lost_mid_match_finishes_on_the_survivors(nodes, tmp_path):
     assert proc.returncode == 0, out
 
     proc = _crawl(nodes, cfg, run_dir, "match")
-    killed, done = _kill_a_worker_node_mid_stage(nodes, run_dir, "match", proc)
+    killed, done = _kill_a_worker_node_mid_stage(nodes, run_dir, "match", proc, _a_moment_later(0.3))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert done < 30
+    assert done < PARTS
+    # Ray's own record (its state API, from the head's task events): an attempt of a match task was
+    # running on the node when it died, and the task was run again elsewhere
+    attempts = _task_attempts(nodes, "match")
+    lost = [t for t in attempts if t.get("node_id") == killed and t["state"] == "FAILED"]
+    assert lost, [(t["task_id"][:8], t.get("node_id", "")[:8], t["state"], t["attempt_number"]) for t in attempts]
+    redone = {t["task_id"] for t in attempts if t["attempt_number"] > 0 and t["state"] == "FINISHED"}
+    assert {t["task_id"] for t in lost} <= redone
     assert {m["node"] for m in _markers(run_dir, "match")} - {killed} <= {nodes.state["head"], *nodes.state["workers"]}
 
     def outputs(d: Path) -> dict[str, str]:
         return {p.name: sha256(p.read_bytes()).hexdigest() for p in sorted((d / "match").glob("*.parquet"))}
 
-    assert len(outputs(run_dir)) == 31 and outputs(run_dir) == outputs(ref)  # 30 parts + counts, same bytes
+    assert len(outputs(run_dir)) == PARTS + 1 and outputs(run_dir) == outputs(ref)  # parts + counts, same bytes
     stats = json.loads((run_dir / "stats" / "match.json").read_text())
-    assert stats["counts"]["in"] == 30 * 20_000  # every row matched once: no part lost, none twice
+    assert stats["counts"]["in"] == PARTS * ROWS  # every row matched once: no part lost, none twice
 
 
 @pytest.mark.slow
