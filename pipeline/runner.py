@@ -55,10 +55,10 @@ def execute_task(stage: Stage, task: Task, parent: int | None = None, node: str 
     """Run one task and write its completion marker; returns the marker payload (stats).
 
     ``node``: the Ray node id, recorded in the marker. ``parent``: the pid of the Ray worker's raylet
-    when the task started. If the raylet died meanwhile
-    (the driver was killed, taking the embedded Ray with it) the task does not commit: what it did
-    while its job was going away (e.g. downloads from a server that died with the driver) is redone
-    by the next run instead of being marked done.
+    when the task started. If the raylet died meanwhile (the driver was killed, taking the embedded
+    Ray with it, or the node was lost) the task does not commit: what it did while its job was going
+    away (e.g. downloads from a server that died with the driver) is redone by the next run instead
+    of being marked done.
     """
     start = time.perf_counter()
     stats = Stats()
