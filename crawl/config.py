@@ -7,7 +7,7 @@ remote URLs are allowed and the error names the key, the value and the fix.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -86,10 +86,38 @@ class VocabConfig(Section):
 
 
 class ExtractInput(Section):
-    """One input of candidate extraction: files of one kind, and how to read their columns."""
+    """One input of candidate extraction: files of one kind, and how to read their columns.
 
-    path: str = Field(description="a file, folder, glob or fsspec URL (e.g. s3://bucket/crawl/*.warc.gz)")
+    Files come from ``path`` (a file, a folder or a glob: a folder or glob keeps only the files of
+    ``kind``, by extension and magic bytes, and names the others in the summary) or from
+    ``paths_list``, a Common Crawl paths list (``crawl-data/CC-MAIN-…/wat.paths.gz``) whose
+    relative paths are read under ``prefix``.
+    """
+
+    path: str | None = Field(
+        None, description="a file, folder, glob or fsspec URL (e.g. s3://bucket/crawl/*.warc.gz)"
+    )
     kind: Literal["warc", "wat", "parquet", "jsonl", "csv", "tsv"]
+    paths_list: str | None = Field(
+        None,
+        description="warc/wat: a Common Crawl paths list instead of `path`, e.g. "
+        "https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-33/wat.paths.gz (one relative path per line, "
+        "gzip or plain); one task per listed file",
+    )
+    prefix: str = Field(
+        "https://data.commoncrawl.org/",
+        description="paths_list: what each listed path is read under: https://data.commoncrawl.org/ "
+        "(HTTPS mirror) or s3://commoncrawl/ (anonymous S3, from AWS us-east-1)",
+    )
+    sample: int | None = Field(
+        None, ge=1, description="paths_list: a random sample of this many listed files, seeded by the run's `seed`"
+    )
+    limit: int | None = Field(None, ge=1, description="paths_list: at most this many files (after `sample`)")
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="fsspec options for opening the files (default: {anon: true} under s3://commoncrawl/, "
+        "which is public)",
+    )
     url_column: str = Field(
         "url", description="tabular: column (or 0-based index for headerless) of the image URL"
     )
@@ -97,6 +125,21 @@ class ExtractInput(Section):
     page_url_column: str | None = Field(None, description="tabular: column of the page URL, if any")
     header: bool = Field(True, description="csv/tsv: the first line names the columns")
     source: str | None = Field(None, description="value of the `source` column (default: the input's kind)")
+
+    @model_validator(mode="after")
+    def _one_source_of_files(self) -> ExtractInput:
+        if (self.path is None) == (self.paths_list is None):
+            raise ValueError(
+                "give exactly one of `path` (a file, folder or glob) and `paths_list` (a Common Crawl "
+                "…/wat.paths.gz or warc.paths.gz URL)"
+            )
+        if self.paths_list is not None and self.kind not in ("warc", "wat"):
+            raise ValueError(f"paths_list lists WARC or WAT files: set kind to warc or wat (not {self.kind!r})")
+        if self.paths_list is None:
+            for key in ("sample", "limit"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to a paths_list input only; remove it or use paths_list")
+        return self
 
     @model_validator(mode="after")
     def _headerless_columns_are_indices(self) -> ExtractInput:
@@ -109,6 +152,13 @@ class ExtractInput(Section):
                         f"url_column: '1' (CC3M's tsv is `caption<TAB>url`: text_column '0', url_column '1')"
                     )
         return self
+
+    def open_options(self, url: str) -> dict[str, Any]:
+        """fsspec options for opening ``url`` of this input: ``storage_options``, else anonymous
+        access to Common Crawl's public bucket."""
+        if self.storage_options is not None:
+            return dict(self.storage_options)
+        return {"anon": True} if url.startswith("s3://commoncrawl/") else {}
 
 
 class ExtractConfig(Section):

@@ -1,7 +1,7 @@
 """``webclip extract``: candidate (image URL, text) pairs → ``<run>/pool/part-*.parquet``.
 
-One task per input file (``extract.inputs``: WARC, WAT, parquet, jsonl, csv, tsv; globs and fsspec
-URLs allowed), run in parallel on Ray. Each task writes ``pool/part-<input>-<file>-<k>.parquet``
+One task per input file (``extract.inputs``: WARC, WAT, parquet, jsonl, csv, tsv; globs, folders,
+fsspec URLs and Common Crawl paths lists allowed: :mod:`crawl.inputs`), run in parallel on Ray. Each task writes ``pool/part-<input>-<file>-<k>.parquet``
 (uid, url, text, page_url, source), at most ``rows_per_part`` rows each. Exact duplicates of
 (url, text) are dropped within a task, then across tasks in :meth:`ExtractStage.finalize` (the
 first occurrence in part order is kept) by a hash-partitioned shuffle of uids over Ray tasks
@@ -17,8 +17,8 @@ import sys
 
 from crawl import pool_dedup
 from crawl.config import ExtractInput
+from crawl.inputs import InputFiles, plan_input
 from crawl.pairs import PairSink
-from crawl.paths import expand
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -37,18 +37,41 @@ class ExtractStage(Stage):
                 "{path: 'crawl/*.warc.gz', kind: warc} or {path: cc3m.tsv, kind: tsv, header: false, "
                 "text_column: '0', url_column: '1'}"
             )
-        for i, spec in enumerate(self.config.extract.inputs):
-            expand(spec.path, f"extract.inputs[{i}].path")
+        self._plan()
 
     def check(self) -> None:
         self.validate()
 
+    def _plan(self) -> list[InputFiles]:
+        """Each input's files (read once per stage object: a paths list or a folder's heads cost I/O)."""
+        plan = getattr(self, "_planned", None)
+        if plan is None:
+            plan = self._planned = [
+                plan_input(spec, f"extract.inputs[{i}]", self.config.seed)
+                for i, spec in enumerate(self.config.extract.inputs)
+            ]
+        return plan
+
+    def __getstate__(self) -> dict:
+        # Ray workers get the task's file in its payload; the plan (maybe 90,000 URLs) stays here.
+        state = dict(self.__dict__)
+        state.pop("_planned", None)
+        return state
+
     def tasks(self) -> list[Task]:
         tasks = []
-        for i, spec in enumerate(self.config.extract.inputs):
-            for j, url in enumerate(expand(spec.path, f"extract.inputs[{i}].path")):
-                tasks.append(Task(f"{i:02d}-{j:05d}", (i, url)))
+        for i, files in enumerate(self._plan()):
+            width = 6 if self.config.extract.inputs[i].paths_list else 5  # a paths list: ~100k files
+            for j, url in files.files:
+                tasks.append(Task(f"{i:02d}-{j:0{width}d}", (i, url)))
         return tasks
+
+    def skipped(self) -> dict[str, list[str]]:
+        """Files of folder/glob/paths-list inputs left out as not of their input's kind, by kind."""
+        out: dict[str, list[str]] = {}
+        for spec, files in zip(self.config.extract.inputs, self._plan(), strict=True):
+            out.setdefault(spec.kind, []).extend(files.skipped)
+        return {k: v for k, v in out.items() if v}
 
     def process(self, task: Task, stats: Stats) -> None:
         i, url = task.payload
@@ -59,11 +82,11 @@ class ExtractStage(Stage):
         if spec.kind == "warc":
             from crawl.warc import read_warc
 
-            read_warc(url, sink, stats, cfg.use_title)
+            read_warc(url, sink, stats, cfg.use_title, spec.open_options(url))
         elif spec.kind == "wat":
             from crawl.warc import read_wat
 
-            read_wat(url, sink, stats)
+            read_wat(url, sink, stats, spec.open_options(url))
         else:
             from crawl.pools import read_pool
 
@@ -96,6 +119,8 @@ class ExtractStage(Stage):
             stats.drop("duplicate", removed)
             stats.counts["out"] -= removed
         stats.inc("pool_rows", stats.counts["out"])
+        for kind, files in self.skipped().items():
+            stats.inc(f"skipped_not_{kind}", len(files))
         print(
             f"[extract] pool: {stats.counts['out']:,} unique pairs in {len(parts)} parts "
             f"({removed:,} cross-file duplicates removed; {buckets} uid bucket(s))",
@@ -103,7 +128,13 @@ class ExtractStage(Stage):
         )
 
     def summary(self, stats: Stats) -> str:
-        return stats.summary()
+        """The counts, then the files left out of folder/glob inputs by name (what was not read, and why)."""
+        lines = [stats.summary()]
+        for kind, files in self.skipped().items():
+            names = [f.rsplit("/", 1)[-1] for f in files]
+            shown = ", ".join(names[:10]) + (f" … (+{len(names) - 10})" if len(names) > 10 else "")
+            lines.append(f"skipped_not_{kind}={len(files)}: {shown}")
+        return "; ".join(lines)
 
 
 def pool_row_count(run, pattern: str = "pool/part-*.parquet") -> int:

@@ -3,8 +3,9 @@
 It runs the same way three ways::
 
     python crawl/main.py --config crawl.yaml                      # embedded Ray on this machine
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python crawl/main.py --config crawl.yaml
-    ray submit infra/ray/cluster.yaml crawl/main.py -- --config crawl.yaml   # on a cluster made by `ray up`
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python crawl/main.py --config crawl.yaml                  # any cluster (README: From laptop to cluster)
+    ray submit infra/ray/cluster.yaml crawl/main.py -- --config /home/ray/webclip/crawl.yaml   # `ray up`'s head
 
 Under ``ray job submit`` and ``ray submit`` Ray sets ``RAY_ADDRESS`` (or a head runs locally), so the
 runner connects to the cluster instead of starting an embedded one. Which stages run: the config's

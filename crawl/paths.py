@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import fsspec
 
 from pipeline.errors import ConfigError
@@ -17,9 +19,12 @@ def _with_protocol(fs, path: str) -> str:
     )
 
 
-def expand(url: str, key: str) -> list[str]:
-    """Files named by ``url`` (a file, a folder's files, or a glob), sorted; ConfigError naming ``key`` if none."""
-    fs, path = fsspec.core.url_to_fs(url)
+def expand(url: str, key: str, **storage_options: Any) -> list[str]:
+    """Files named by ``url`` (a file, a folder's files, or a glob), sorted; ConfigError naming ``key`` if none.
+
+    ``storage_options`` go to the filesystem (e.g. ``anon=True`` for a public bucket).
+    """
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
     if any(c in _MAGIC for c in path):
         hits = sorted(h for h in fs.glob(path) if fs.isfile(h))
     elif fs.isdir(path):

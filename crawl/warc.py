@@ -80,7 +80,9 @@ def pairs_from_html(html: str, page_url: str, sink: PairSink, use_title: bool = 
         sink.add(url, text, page_url)
 
 
-def _records(url: str, warc_type: str, stats: Stats) -> Iterator[tuple[Any, bytes]]:
+def _records(
+    url: str, warc_type: str, stats: Stats, options: dict[str, Any] | None = None
+) -> Iterator[tuple[Any, bytes]]:
     """Yield ``(record, block)`` for each complete record of ``warc_type`` in the file at ``url``.
 
     A broken record header, a gzip member cut short or a block shorter than its Content-Length ends
@@ -89,7 +91,10 @@ def _records(url: str, warc_type: str, stats: Stats) -> Iterator[tuple[Any, byte
     """
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-    with fsspec.open(url, "rb", compression="infer") as fh:
+    options = dict(options or {})
+    if url.startswith(("http://", "https://")):
+        options.setdefault("block_size", 0)  # stream the file in one GET: no range requests, no 5 MB blocks
+    with fsspec.open(url, "rb", compression="infer", **options) as fh:
         it = ArchiveIterator(fh, parse_http=False, record_types=WarcRecordType.any_type)
         while True:
             try:
@@ -114,9 +119,11 @@ def _records(url: str, warc_type: str, stats: Stats) -> Iterator[tuple[Any, byte
             yield rec, block
 
 
-def read_warc(url: str, sink: PairSink, stats: Stats, use_title: bool = True) -> None:
-    """Extract pairs from every HTML response of the WARC file at ``url``."""
-    for rec, block in _records(url, "response", stats):
+def read_warc(
+    url: str, sink: PairSink, stats: Stats, use_title: bool = True, options: dict[str, Any] | None = None
+) -> None:
+    """Extract pairs from every HTML response of the WARC file at ``url`` (``options``: fsspec's)."""
+    for rec, block in _records(url, "response", stats, options):
         parsed = _split_http(block)
         if parsed is None:
             stats.drop("malformed_record")
@@ -131,9 +138,9 @@ def read_warc(url: str, sink: PairSink, stats: Stats, use_title: bool = True) ->
         pairs_from_html(_decode_html(body, ctype), page_url, sink, use_title)
 
 
-def read_wat(url: str, sink: PairSink, stats: Stats) -> None:
+def read_wat(url: str, sink: PairSink, stats: Stats, options: dict[str, Any] | None = None) -> None:
     """Extract ``IMG@/src`` links with their alt text from every metadata record of a WAT file."""
-    for _rec, block in _records(url, "metadata", stats):
+    for _rec, block in _records(url, "metadata", stats, options):
         try:
             meta = json.loads(block)
             env = meta["Envelope"]

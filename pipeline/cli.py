@@ -89,6 +89,12 @@ def run_stages(config: WebclipConfig, names: Sequence[str], *, force: bool = Fal
     stages = [stage_class(n)(config, run) for n in order]
     for stage in stages:  # every stage's static checks pass before the first does any work
         stage.validate()
+    # The first stage that will run also checks its inputs before anything is written (exit 2 leaves
+    # no trace: not even <run>/config.yaml). Later stages check theirs when their turn comes, since
+    # their inputs are what the stages before them write.
+    first = next((s for s in stages if not will_skip(s, force=force)), None)
+    if first is not None:
+        first.check()
     prepare_run(config, order)
     note = resume_note(config, order, force=force)
     if note and len(stages) > 1:
@@ -97,7 +103,7 @@ def run_stages(config: WebclipConfig, names: Sequence[str], *, force: bool = Fal
     timings: list[tuple[str, float]] = []
     for stage in stages:
         start = time.perf_counter()
-        results.append(run_stage(stage, force=force))
+        results.append(run_stage(stage, force=force, checked=stage is first))
         timings.append((stage.name, time.perf_counter() - start))
     if len(stages) > 1:
         print("\nstage        seconds  summary", file=sys.stderr)
@@ -105,6 +111,13 @@ def run_stages(config: WebclipConfig, names: Sequence[str], *, force: bool = Fal
             state = "skipped (done)" if res.skipped_stage else res.stats.summary()
             print(f"{name:<12} {secs:>7.1f}  {state}", file=sys.stderr)
     return results
+
+
+def will_skip(stage: Any, *, force: bool = False) -> bool:
+    """Whether :func:`~pipeline.runner.run_stage` will skip ``stage`` as complete (its stage marker)."""
+    from pipeline.runner import STAGE_MARKER
+
+    return stage.resumable and not force and stage.run.is_done(stage.name, STAGE_MARKER)
 
 
 def resume_note(config: WebclipConfig, names: Sequence[str], *, force: bool = False) -> str | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 # Each stage package owns its section's schema; these modules hold only pydantic models.
 from crawl.config import BalanceConfig, DownloadConfig, ExtractConfig, MatchConfig, VocabConfig
@@ -39,6 +40,26 @@ class RayConfig(Section):
     task_retries: int = Field(2, ge=0, le=20, description="retries of a task that raises or whose worker dies")
     cpus_per_task: float = Field(1.0, gt=0, le=64)
     include_dashboard: bool = False
+    stage_resources: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"download": {"download": 1.0}},
+        description="custom Ray resources each task of a stage requests, by stage: the download stage asks "
+        "for one unit of `download`, which only download workers declare (infra/ray/cluster.yaml), so the "
+        "head's CPUs never run shards; the embedded Ray declares one per CPU. {} for a stage: any node",
+    )
+
+    @model_validator(mode="after")
+    def _stage_resources_name_stages(self) -> RayConfig:
+        unknown = sorted(set(self.stage_resources) - set(STAGE_ORDER))
+        if unknown:
+            raise ValueError(f"stage_resources names unknown stage(s) {unknown}; valid: {', '.join(STAGE_ORDER)}")
+        for stage, res in self.stage_resources.items():
+            bad = [k for k, v in res.items() if k in ("CPU", "GPU", "memory") or v <= 0]
+            if bad:
+                raise ValueError(
+                    f"stage_resources.{stage}: {bad} must be custom resources with amounts > 0 "
+                    "(CPUs per task are ray.cpus_per_task)"
+                )
+        return self
 
 
 class WebclipConfig(Section):
@@ -103,14 +124,42 @@ def _describe_error(model: type[BaseModel], err: dict[str, Any], source: str) ->
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``dotted`` (``a.b.c``; a number picks an item of a list: ``evalsets.0.path``) to ``value``."""
     parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"--set {dotted}: {'.'.join(parts[:i])} is a list of {len(node)} item(s); "
+                    f"pick one by its number, 0 to {len(node) - 1}, or set the whole list"
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if last:
+            node[part] = value
+            break
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        if not isinstance(child, dict | list):
             raise ConfigError(f"--set {dotted}: {part!r} is not a section, it holds {child!r}")
         node = child
-    node[parts[-1]] = value
+
+
+#: A value still holding a starter config's placeholder, e.g. ``s3://<BUCKET>/runs/wit``.
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
+
+
+def _placeholders(node: Any, key: str = "") -> list[tuple[str, str]]:
+    """(key, value) of every string in ``node`` that still holds a placeholder."""
+    if isinstance(node, dict):
+        return [hit for k, v in node.items() for hit in _placeholders(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in _placeholders(v, f"{key}.{i}")]
+    return [(key, node)] if isinstance(node, str) and PLACEHOLDER.search(node) else []
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -160,6 +209,14 @@ def load_config(
         source = f"{source} + --set" if "--set" not in source else source
     if run is not None:
         data["run"] = run
+    left = _placeholders(data)
+    if left:
+        lines = [f"  {k} = {v!r}: replace {', '.join(PLACEHOLDER.findall(v))}" for k, v in left]
+        first = left[0][0]
+        raise ConfigError(
+            f"{source}: {len(left)} placeholder(s) not filled in:\n" + "\n".join(lines) + "\n"
+            f"Edit the file or pass the values, e.g. --set {first}=… (--run URL for `run`)"
+        )
     model = root_model()
     try:
         return model.model_validate(data)

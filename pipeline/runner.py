@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline.errors import StageFailed
+from pipeline.progress import progress_bar
 from pipeline.rundir import RunDir
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -52,13 +51,14 @@ class NodeLost(RuntimeError):
     """The Ray node (raylet) running a task died before the task could commit."""
 
 
-def execute_task(stage: Stage, task: Task, parent: int | None = None) -> dict[str, Any]:
+def execute_task(stage: Stage, task: Task, parent: int | None = None, node: str | None = None) -> dict[str, Any]:
     """Run one task and write its completion marker; returns the marker payload (stats).
 
-    ``parent``: the pid of the Ray worker's raylet when the task started. If the raylet died meanwhile
-    (the driver was killed, taking the embedded Ray with it) the task does not commit: what it did
-    while its job was going away (e.g. downloads from a server that died with the driver) is redone
-    by the next run instead of being marked done.
+    ``node``: the Ray node id, recorded in the marker. ``parent``: the pid of the Ray worker's raylet
+    when the task started. If the raylet died meanwhile (the driver was killed, taking the embedded
+    Ray with it, or the node was lost) the task does not commit: what it did while its job was going
+    away (e.g. downloads from a server that died with the driver) is redone by the next run instead
+    of being marked done.
     """
     start = time.perf_counter()
     stats = Stats()
@@ -67,26 +67,37 @@ def execute_task(stage: Stage, task: Task, parent: int | None = None) -> dict[st
     if parent is not None and os.getppid() != parent:
         raise NodeLost(f"task {task.id}: the Ray node died while it ran; not marking it done")
     payload = {"task": task.id, "stats": stats.to_dict(), "host": os.uname().nodename}
+    if node is not None:  # the Ray node that did it: hosts can share a name (several nodes on one machine)
+        payload["node"] = node
     stage.run.remove(stage.run.failure_path(stage.name, task.id))
     stage.run.mark_done(stage.name, task.id, payload)
     return payload
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> str:
+def ensure_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    include_dashboard: bool = False,
+    resources: list[str] | None = None,
+) -> str:
     """Connect to (or start) Ray once per process; returns where, e.g. ``cluster 10.0.0.5:6379 (64 CPUs)``.
 
-    See the module docstring for the order in which the address is resolved.
+    See the module docstring for the order in which the address is resolved. An embedded Ray declares
+    each custom resource in ``resources`` (default: those the default config's stages request, e.g.
+    ``download``) once per CPU, so a stage that requests one runs on it as it would on a download worker.
     """
     import ray
 
     if not ray.is_initialized():
-        _init_ray(address, num_cpus, include_dashboard)
+        _init_ray(address, num_cpus, include_dashboard, resources)
     context = ray.get_runtime_context()
     cpus = int(ray.cluster_resources().get("CPU", 0))
     return f"Ray at {context.gcs_address} ({cpus} CPUs, {len(ray.nodes())} node(s))"
 
 
-def _init_ray(address: str | None, num_cpus: int | None, include_dashboard: bool) -> None:
+def _init_ray(
+    address: str | None, num_cpus: int | None, include_dashboard: bool, resources: list[str] | None = None
+) -> None:
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -95,7 +106,14 @@ def _init_ray(address: str | None, num_cpus: int | None, include_dashboard: bool
     has_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
     if not has_cluster:
         # Only an embedded instance takes these; ray.init refuses them when connecting.
-        kwargs.update(num_cpus=num_cpus, include_dashboard=include_dashboard)
+        cpus = num_cpus or os.cpu_count() or 1
+        names = resources if resources is not None else default_custom_resources()
+        kwargs.update(num_cpus=num_cpus, include_dashboard=include_dashboard,
+                      resources={name: float(cpus) for name in names})
+        # Ray 2.5x turns token authentication on for every new local instance and logs a warning
+        # saying so each time; for an embedded, loopback-only Ray that is noise on every stage. The
+        # secure default stays; only its announcement is silenced.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         # An embedded, one-machine Ray has no reason to listen beyond loopback. Ray binds its node to
         # the loopback address when its "cluster mode" is off: the environment variable (Ray's own
         # name) reaches the processes it starts, the constant covers a `ray` imported before now.
@@ -110,7 +128,46 @@ def _init_ray(address: str | None, num_cpus: int | None, include_dashboard: bool
         # A running local head was found (ray.init reads /tmp/ray/ray_current_cluster): connect plainly.
         kwargs.pop("num_cpus", None)
         kwargs.pop("include_dashboard", None)
+        kwargs.pop("resources", None)
         ray.init(**kwargs)
+
+
+def default_custom_resources() -> list[str]:
+    """The custom resources the default configuration's stages request (``ray.stage_resources``)."""
+    from pipeline.config import RayConfig
+
+    return sorted({name for res in RayConfig().stage_resources.values() for name in res})
+
+
+def task_options(stage: Stage) -> dict[str, Any]:
+    """The Ray options of ``stage``'s tasks: retries, CPUs per task and the stage's custom resources."""
+    cfg = stage.config.ray
+    options: dict[str, Any] = {
+        "max_retries": cfg.task_retries,
+        "retry_exceptions": True,
+        "num_cpus": cfg.cpus_per_task,
+        "name": stage.name,
+    }
+    resources = cfg.stage_resources.get(stage.name)
+    if resources:
+        options["resources"] = dict(resources)
+    return options
+
+
+def _warn_missing_resources(stage: Stage, resources: dict[str, float]) -> None:
+    """Say so when no node of the cluster has a resource the stage's tasks request: they wait for one."""
+    import ray
+
+    have = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    missing = sorted(r for r in resources if not any(h.get(r, 0) >= resources[r] for h in have))
+    if missing:
+        print(
+            f"[{stage.name}] no node of this cluster has the Ray resource(s) {missing} its tasks request "
+            f"(ray.stage_resources.{stage.name}); they wait until a node that has it joins (the cluster's "
+            f"autoscaled download workers). To run them anywhere: --set 'ray.stage_resources.{stage.name}={{}}'; "
+            f"to make a node take them: ray start … --resources='{{\"{missing[0]}\": <CPUs>}}'",
+            file=sys.stderr,
+        )
 
 
 def _running_local_head() -> bool:
@@ -119,10 +176,13 @@ def _running_local_head() -> bool:
 
 
 def _remote_execute(stage: Stage, task: Task) -> dict[str, Any]:
-    return execute_task(stage, task, parent=os.getppid())  # a Ray worker's parent is its raylet
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return execute_task(stage, task, parent=os.getppid(), node=node)  # a Ray worker's parent is its raylet
 
 
-def _run_inline(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _run_inline(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
     results, failures = [], {}
     retries = stage.config.ray.task_retries
     for task in todo:
@@ -138,17 +198,17 @@ def _run_inline(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[st
     return results, failures
 
 
-def _run_on_ray(stage: Stage, todo: list[Task], bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _run_on_ray(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
     import ray
 
     cfg = stage.config.ray
-    print(f"[{stage.name}] {ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard)}", file=sys.stderr)
-    remote = ray.remote(_remote_execute).options(
-        max_retries=cfg.task_retries,
-        retry_exceptions=True,
-        num_cpus=cfg.cpus_per_task,
-        name=f"{stage.name}",
-    )
+    custom = sorted({name for res in cfg.stage_resources.values() for name in res})
+    where = ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard, custom)
+    print(f"[{stage.name}] {where}", file=sys.stderr)
+    options = task_options(stage)
+    if options.get("resources"):
+        _warn_missing_resources(stage, options["resources"])
+    remote = ray.remote(_remote_execute).options(**options)
     stage_ref = ray.put(stage)
     pending = {remote.remote(stage_ref, task): task for task in todo}
     results, failures = [], {}
@@ -175,10 +235,12 @@ def merged_task_stats(run: RunDir, stage: str, task_ids: list[str]) -> Stats:
     return total
 
 
-def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> StageResult:
+def run_stage(stage: Stage, *, progress: bool = True, force: bool = False, checked: bool = False) -> StageResult:
     """Run every unfinished task of ``stage``, then its finalize, then write ``stats/<stage>.json``.
 
-    Raises :class:`~pipeline.errors.StageFailed` (after writing stats) if tasks failed after retries.
+    ``checked``: the caller already ran ``stage.check()`` (before writing anything), so it is not
+    repeated. Raises :class:`~pipeline.errors.StageFailed` (after writing stats) if tasks failed
+    after retries.
     """
     run, name = stage.run, stage.name
     stage.progress = progress
@@ -188,6 +250,8 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
         return StageResult(name, Stats.from_dict(saved), skipped_stage=True)
 
     wall = time.perf_counter()
+    if not checked:  # before anything is removed or written: a ConfigError (exit 2) leaves no trace
+        stage.check()
     stale = run.remove_temporaries(
         *stage.outputs,
         f"_done/{name}", f"_failed/{name}", run.stats_path(name),
@@ -195,7 +259,6 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
     if stale:
         print(f"[{name}] removed {len(stale)} temporary file(s) an interrupted run left: "
               f"{', '.join(stale[:5])}{' …' if len(stale) > 5 else ''}", file=sys.stderr)
-    stage.check()
     tasks = stage.tasks()
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
@@ -204,10 +267,7 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False) -> St
     todo = [t for t in tasks if t.id not in done]
     inline = run.is_process_local or stage.in_driver
     where = "in the driver process" if inline else "on Ray"
-    bar = tqdm(
-        total=len(tasks), initial=len(tasks) - len(todo), desc=f"[{name}] tasks", unit="task",
-        disable=not progress, file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
-    )
+    bar = progress_bar(len(tasks), len(tasks) - len(todo), f"[{name}] tasks", "task", disable=not progress)
     if todo:
         runner = _run_inline if inline else _run_on_ray
         _, failures = runner(stage, todo, bar)

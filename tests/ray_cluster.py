@@ -43,8 +43,11 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
-    """Start ``ray start --head`` with token auth on loopback; stop it afterwards."""
+def ray_head(tmp: Path, num_cpus: int = 2, dashboard_port: int | None = None) -> Iterator[RayHead]:
+    """Start ``ray start --head`` with token auth on loopback; stop it afterwards.
+
+    ``dashboard_port``: a fixed port for the dashboard and job server (default: a free one).
+    """
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -59,7 +62,7 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     token = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()
     env["RAY_AUTH_TOKEN"] = token
-    port, dash = free_port(), free_port()
+    port, dash = free_port(), dashboard_port or free_port()
     temp_dir = f"/tmp/ray-{os.getpid()}-{port}"
     # Every fixed default port (agent HTTP 52365, client server 10001, metrics…) may already be held by
     # another Ray on this machine; a head that loses that race starts without a job agent.
@@ -68,6 +71,7 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
         "runtime-env-agent-port", "ray-client-server-port")]
     start = [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
              "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+             f'--resources={{"download": {num_cpus}}}',  # as a download worker: download tasks request it
              "--disable-usage-stats", f"--temp-dir={temp_dir}", *extra]
     proc = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

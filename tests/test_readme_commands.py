@@ -44,16 +44,21 @@ TESTS = {
     "python crawl/main.py --config crawl.yaml --stages download": (
         "tests/crawl/test_auth_submit.py::test_job_submit_without_token_is_refused_and_with_token_runs_the_crawl",
         '"crawl/main.py", "--config", str(cfg), "--run", str(run_dir), "--stages", "download"'),
-    "export RAY_AUTH_TOKEN=$(cat ~/.ray/auth_token)": (
-        "tests/crawl/test_auth_submit.py::token_head",
-        'env["RAY_AUTH_TOKEN"] = token'),
+    # "From laptop to cluster": its lines are read from the README and run in bash, as written (the run
+    # URL s3://my-bucket/runs/wit → a local folder), against a token head on 127.0.0.1:8265
+    "cp infra/configs/crawl.yaml crawl.yaml": (
+        "tests/test_laptop_to_cluster.py::test_readme_laptop_to_cluster_lines_run_as_written", "readme_section()"),
+    "webclip config --config crawl.yaml --run s3://my-bucket/runs/wit": (
+        "tests/test_laptop_to_cluster.py::test_readme_laptop_to_cluster_lines_run_as_written", "readme_section()"),
+    "ray get-auth-token --generate": (
+        "tests/test_laptop_to_cluster.py::test_readme_laptop_to_cluster_lines_run_as_written", "readme_section()"),
+    "export RAY_AUTH_MODE=token": (
+        "tests/test_laptop_to_cluster.py::test_readme_laptop_to_cluster_lines_run_as_written", "readme_section()"),
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- "
     "python crawl/main.py --config crawl.yaml --run s3://my-bucket/runs/wit": (
-        "tests/crawl/test_auth_submit.py::test_job_submit_without_token_is_refused_and_with_token_runs_the_crawl",
-        '[RAY, "job", "submit", "--address", address, "--working-dir"'),
-    "ray get-auth-token --generate": (
-        "tests/crawl/test_auth_submit.py::token_head",
-        '[RAY, "get-auth-token", "--generate"]'),
+        "tests/test_laptop_to_cluster.py::test_readme_laptop_to_cluster_lines_run_as_written", "readme_section()"),
+    "webclip status s3://my-bucket/runs/wit": (
+        "tests/test_laptop_to_cluster.py::test_readme_laptop_to_cluster_lines_run_as_written", "readme_section()"),
     "DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train/main.py --deepspeed_config "
     "infra/deepspeed/zero2_fp32.json --config run.yaml": (
         "tests/train/test_trainer.py::test_two_process_deepspeed_run_loss_decreases_and_scale_clamped",
@@ -69,11 +74,17 @@ TESTS = {
 
 #: Not run, and why. Their repository paths and `--set` overrides are still checked below.
 EXEMPT = {
-    "ray up infra/ray/cluster.yaml":
-        "needs an AWS account; cluster.yaml is checked against Ray's schema in tests/crawl/test_cluster_yaml.py",
-    "ray submit infra/ray/cluster.yaml crawl/main.py -- --config /home/ubuntu/webclip/crawl.yaml "
-    "--run s3://my-bucket/runs/wit": "needs the cluster `ray up` makes (AWS)",
-    "ray down infra/ray/cluster.yaml": "needs the cluster `ray up` makes (AWS)",
+    "bash infra/ray/iam/create-profiles.sh my-bucket":
+        "needs an AWS account with IAM rights; its policies and the profile names cluster.yaml uses are "
+        "checked in tests/crawl/test_cluster_yaml.py, its syntax with bash -n there",
+    "ray up -y infra/ray/cluster.yaml":
+        "needs an AWS account; cluster.yaml is checked against Ray's schema and validate_config, its "
+        "resources, profiles, image and spot fallback in tests/crawl/test_cluster_yaml.py; a loopback head "
+        "stands in for it in tests/test_laptop_to_cluster.py",
+    "ray dashboard infra/ray/cluster.yaml":
+        "an SSH tunnel to the AWS head; the loopback head of tests/test_laptop_to_cluster.py serves its "
+        "dashboard on the same 127.0.0.1:8265",
+    "ray down -y infra/ray/cluster.yaml": "needs the cluster `ray up` makes (AWS)",
     "deepspeed --num_gpus 8 train/main.py --deepspeed_config infra/deepspeed/zero2.json --config run.yaml "
     "--set train.model=ViT-B-16 --set train.batch_size=256 --set train.steps=100000":
         "needs 8 GPUs; the same launcher and script run with 2 CPU processes in tests/train/test_trainer.py",

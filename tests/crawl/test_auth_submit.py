@@ -77,6 +77,7 @@ def token_head(tmp_path_factory):
         "--dashboard-host=127.0.0.1",
         "--node-ip-address=127.0.0.1",
         "--num-cpus=1",
+        '--resources={"download": 1}',  # a download worker too: the download stage's tasks request it
         "--disable-usage-stats",
         f"--temp-dir=/tmp/rayw{port}",
         *extra,

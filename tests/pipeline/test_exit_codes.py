@@ -67,3 +67,49 @@ def test_every_entry_point_maps_errors_the_same_way(entry, tmp_path, capsys, mon
     assert err.startswith(f"{entry}: configuration error:") and "'balance.t'" in err
     # nothing written: not the run, nor (for the demo) the mini-web it would have generated first
     assert not run.exists() and not (tmp_path / "run-miniweb").exists()
+
+
+#: A configuration each stage command refuses (exit 2), and the words its message must hold. The
+#: refusals come from a stage's `check()` (its inputs from earlier stages are missing) as well as
+#: from `validate()`: neither may leave anything behind, not even <run>/config.yaml.
+BAD_STAGE_SETUPS = {
+    "vocab": (["--set", "vocab.sources=[file]", "--set", "vocab.files=[/nonexistent/queries.txt]"],
+              "vocab.files[0]"),
+    "extract": ([], "extract.inputs is empty"),
+    "match": ([], "run `webclip vocab` first"),
+    "balance": ([], "run `webclip match` first"),
+    "download": ([], "run the balance stage first"),
+    "dedup": ([], "run `webclip download` first"),
+    "train": ([], "run the dedup stage or set train.data"),
+    "eval": ([], "run `webclip train` first"),
+    "audit": ([], "holds no pipeline artifacts"),
+}
+
+
+def test_every_stage_has_a_bad_setup_case():
+    from pipeline.config import STAGE_ORDER
+
+    assert set(BAD_STAGE_SETUPS) == set(STAGE_ORDER)
+
+
+@pytest.mark.parametrize("stage", sorted(BAD_STAGE_SETUPS))
+def test_exit_2_writes_nothing_for_every_stage_command(stage, tmp_path, capsys):
+    from pipeline.cli import main
+
+    args, needle = BAD_STAGE_SETUPS[stage]
+    run = tmp_path / "runs" / "r1"
+    code = main([stage, *args, "--run", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle in err, err
+    assert not (tmp_path / "runs").exists(), sorted(p.name for p in (tmp_path / "runs").rglob("*"))
+
+
+def test_exit_2_in_the_first_stage_of_a_run_writes_nothing(tmp_path, capsys):
+    """`webclip run --stages match,balance` on an empty run: match's check stops it before any write."""
+    from pipeline.cli import main
+
+    run = tmp_path / "r"
+    assert main(["run", "--stages", "match,balance", "--run", str(run)]) == 2
+    assert "run `webclip vocab` first" in capsys.readouterr().err
+    assert not run.exists()
