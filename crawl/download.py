@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crawl.fetch import SafeFetcher, reason_of
+from crawl.original_hashes import hash_downloads
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -208,8 +209,10 @@ class DownloadStage(Stage):
         from img2dataset.writer import WebDatasetSampleWriter
 
         cfg = self.config.download
+        # --- issue 18: dedup hashes each original before the resizer crops it (crawl/original_hashes.py)
+        hasher = hash_downloads(self.config)
         downloader = _safe_downloader_class()(
-            fetcher,
+            hasher.wrap(fetcher) if hasher is not None else fetcher,
             sample_writer_class=WebDatasetSampleWriter,
             resizer=resizer,
             thread_count=cfg.thread_count,
@@ -229,6 +232,15 @@ class DownloadStage(Stage):
         )
         # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
         downloader.download_shard(shard)
+        if hasher is not None:
+            shard_id = shard[0]
+            hasher.attach(
+                Path(out_dir) / f"{shard_name(shard_id)}.parquet",
+                shard_id,
+                cfg.samples_per_shard,
+                SHARD_DIGITS,
+            )
+        # --- end issue 18
 
     def _expected_rows(self, task: Task) -> pa.Table:
         p = task.payload

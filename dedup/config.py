@@ -93,6 +93,23 @@ class DedupConfig(Section):
         True,
         description="hash the centre square of every eval image as a view (what img2dataset's center_crop keeps)",
     )
+    eval_flip: bool = Field(
+        True, description="hash the mirrored eval image as a view (horizontally flipped copies)"
+    )
+    eval_angles: list[float] = Field(
+        default_factory=lambda: [5.0, -5.0],
+        description="rotations (degrees, counter-clockwise) of every eval image hashed as views: each as "
+        "cropped to fill and as its centre 80 % (copies rotated in place, corners filled)",
+    )
+    hash_at_download: bool = Field(
+        True,
+        description="the download stage hashes every original image before img2dataset's resizer and "
+        "stores the hashes and thumbnails in the shard parquet (orig_* columns)",
+    )
+    use_original_hashes: bool = Field(
+        True,
+        description="dedup uses the shard parquet's original hashes where present (else: the stored image)",
+    )
     eval_anchors: int = Field(
         3,
         ge=1,
@@ -136,6 +153,14 @@ class DedupConfig(Section):
     def _memory_size(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", v.strip()):
             raise ValueError(f"memory_limit must be a size such as '8GB' or '512MiB', got {v!r}")
+        return v
+
+    @field_validator("eval_angles")
+    @classmethod
+    def _angles_in_range(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not 0 < abs(a) <= 20]
+        if bad:
+            raise ValueError(f"eval_angles must each be non-zero and within ±20 degrees, got {bad}")
         return v
 
     @field_validator("eval_zooms")

@@ -107,7 +107,13 @@ class OverlapSearchStage(Stage):
         self.searches = tuple(searches)
         self.views = views
         self.digest = hashlib.sha256(
-            json.dumps([[(s.name, s.tau, s.digest) for s in self.searches], [v.name for v in views]]).encode()
+            json.dumps(
+                [
+                    [(s.name, s.tau, s.digest) for s in self.searches],
+                    [v.name for v in views],
+                    [v.name for v in TRAIN_VIEWS],
+                ]
+            ).encode()
         ).hexdigest()[:12]
 
     def tasks(self) -> list[Task]:

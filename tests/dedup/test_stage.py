@@ -197,7 +197,7 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     thumb_markers = [p.rsplit("/", 1)[-1] for p in run.glob("_done/dedup_thumbs/0*")]
     assert sorted(m.split(".")[0] for m in thumb_markers) == sorted({c["shard"] for c in cand})
     keys, stack, meta = load_thumbs(run, cand[0]["shard"])
-    assert cand[0]["key"] in keys and stack.shape[1:] == (2, 32, 32) and stack.dtype == np.uint8
+    assert cand[0]["key"] in keys and stack.shape[1:] == (3, 32, 32) and stack.dtype == np.uint8
     assert len(meta) == len(keys) and all("url" in m for m in meta)
     stamp = (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns
     # the eval search ran as one task per shard (dedup_search), each writing its shard's view pairs
