@@ -145,7 +145,9 @@ def tiles(img: Image.Image, tile: int, k: int) -> list[tuple[int, int, int, int]
     w, h = img.size
     nx, ny = w // tw, h // th
     ox, oy = (w - nx * tw) // 2, (h - ny * th) // 2
-    return [(ox + i * tw, oy + j * th, ox + (i + 1) * tw, oy + (j + 1) * th) for j in range(ny) for i in range(nx)]
+    return [
+        (ox + i * tw, oy + j * th, ox + (i + 1) * tw, oy + (j + 1) * th) for j in range(ny) for i in range(nx)
+    ]
 
 
 def build(out: Path, cache: Path, tile: int) -> dict:
@@ -203,8 +205,10 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=420)
     args = ap.parse_args()
     m = build(Path(args.out), Path(args.cache), args.tile)
-    print(f"{len(m['photos'])} photos ({sum(p['box'] is None for p in m['photos'])} whole), "
-          f"{len(m['lookalikes'])} look-alike pairs in {args.out}")
+    print(
+        f"{len(m['photos'])} photos ({sum(p['box'] is None for p in m['photos'])} whole), "
+        f"{len(m['lookalikes'])} look-alike pairs in {args.out}"
+    )
 
 
 if __name__ == "__main__":
