@@ -228,7 +228,7 @@ class _Server:
         files_ = files
 
         class H(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 body = files_.get(self.path.lstrip("/"))
                 if body is None:
                     self.send_error(404)
@@ -295,7 +295,7 @@ def run_real(
             f"ray.num_cpus={cpus}",
             "--set",
             "download.samples_per_shard=2000",
-            *sum((["--set", e] for e in extra), []),
+            *[x for e in extra for x in ("--set", e)],
         ]
         t0 = time.time()
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -319,9 +319,9 @@ def run_real(
 def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]:
     """The same decisions in-process: original hashes as the downloader takes them, eval views, search, verify."""
     from dedup.config import DedupConfig
+    from dedup.decode import decode_gray
     from dedup.detect import EvalViews, best_view_pair, match_views
     from dedup.hashing import eval_thumbs
-    from dedup.decode import decode_gray
     from dedup.original import hash_original
     from dedup.phash import phash_thumbs
     from dedup.score import verify_scores

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import subprocess
@@ -185,7 +186,7 @@ def build(out: Path, cache: Path, tile: int) -> dict:
             photos.append({"id": pid, "package": pkg, "source": f.name, "box": None})
     for pkg, stems in SERIES:
         files = [_find(root, pkg, s) for s in stems]
-        for a, b in zip(files, files[1:]):
+        for a, b in itertools.pairwise(files):
             if a is None or b is None:
                 continue
             ida, idb = f"l_{a.stem}", f"l_{b.stem}"
