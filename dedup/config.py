@@ -81,6 +81,20 @@ class DedupConfig(Section):
         description="natural images: view pairs whose coarse score is within this of the threshold are "
         "re-scored with sub-pixel/scale alignment (the refinement lifted true pairs by at most 0.12)",
     )
+    overlay_drop: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="natural images: verification also scores a pair without the fraction of pixels where "
+        "it disagrees most (a caption, watermark or logo on a copy); 0 turns this off",
+    )
+    overlay_margin: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="the overlay score must pass the threshold by this much to confirm (0.96 + 0.03: distinct "
+        "CIFAR-10 images reach 0.985 once their worst pixels are dropped; captioned copies ~0.999)",
+    )
     per_set: dict[str, EvalSetThresholds] = Field(
         default_factory=dict,
         description="overrides by eval set name, e.g. {mnist: {profile: lineart}} or {cifar10: {verify_threshold: 0.97}}",

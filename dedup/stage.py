@@ -220,7 +220,12 @@ class DedupStage(Stage):
             # Natural images: re-score near-threshold view pairs with sub-pixel alignment; line art
             # is judged on the coarse score (refinement lifts distinct strokes as much as copies).
             refine_from = thr - cfg.refine_margin if profile == "natural" else None
-            score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from)
+            overlay = (
+                (cfg.overlay_drop, cfg.overlay_margin)
+                if profile == "natural" and cfg.overlay_drop > 0
+                else None
+            )
+            score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from, overlay=overlay)
             table, hit_rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
             m = [meta.get(int(i), {}) for i in hit_rows]
             for name, col in ids.take(hit_rows, ("uid", "shard", "key")).items():
@@ -316,7 +321,10 @@ class DedupStage(Stage):
         extreme = ev.column("extreme_frac").to_numpy(zero_copy_only=False)
         lineart = bool(ev_ok.any() and np.nanmean(extreme[ev_ok]) >= cfg.lineart_min_extreme)
         profile, tau, thr = cfg.thresholds(name, lineart)
-        return ev, SetSearch(name, tau, hashlib.sha256(data).hexdigest()[:16]), profile, thr
+        # line art is not searched through flips and rotations: a mirrored or tilted stroke is another
+        # glyph as often as a copy, and those views multiply MNIST's candidates by 3.6 (BENCHMARKS.md)
+        skip = tuple(v.name for v in views if v.flip or v.angle) if profile == "lineart" else ()
+        return ev, SetSearch(name, tau, hashlib.sha256(data).hexdigest()[:16], skip), profile, thr
 
     def _pool_duplicates(
         self,

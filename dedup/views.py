@@ -152,15 +152,16 @@ def trim_boxes(
         grays[:, :, :kw].transpose(0, 2, 1),
         grays[:, :, ::-1][:, :, :kw].transpose(0, 2, 1),
     )
-    runs, refs = [], []
+    runs, refs, prefixes = [], [], []
     for lines in sides:
         ref = np.median(lines[:, 0, :], axis=1).astype(np.int16)
         diff = np.abs(lines.astype(np.int16) - ref[:, None, None])
         near = diff <= tol
         med = np.median(lines, axis=2)
         ok = (near.sum(axis=2) >= min_frac * lines.shape[2]) & (np.abs(med - ref[:, None]) <= drift)
-        run = np.where(ok.all(axis=1), 0, np.argmin(ok, axis=1))  # all k lines uniform: content
-        runs.append(run)
+        uniform = np.where(ok.all(axis=1), ok.shape[1], np.argmin(ok, axis=1))  # uniform lines from outside
+        runs.append(np.where(uniform == ok.shape[1], 0, uniform))  # all k lines uniform: content
+        prefixes.append(uniform)
         refs.append(ref)
     top, bottom, left, right = runs
     for i in np.flatnonzero((top > 0) | (bottom > 0) | (left > 0) | (right > 0)):
@@ -185,6 +186,17 @@ def trim_boxes(
             frac = (np.abs(edge - ref) > tol).mean(axis=1).max() if edge.size else 0.0
             if frac < edge_frac:
                 keep[side] = 0  # a plain band that fades into the content: part of the picture
+        # A frame is usually as wide on every side (a mat, ImageOps.expand): where the picture's own
+        # edge has the frame's colour, that side shows no edge, but its first lines are as uniform
+        # and as coloured as the confirmed sides' frame. Trim it by the confirmed width.
+        sure = [j for j in range(4) if keep[j] > 0]
+        if sure:
+            width = min(keep[j] for j in sure)
+            colours = [int(refs[j][i]) for j in sure]
+            if max(colours) - min(colours) <= tol:
+                for j in range(4):
+                    if keep[j] == 0 and prefixes[j][i] >= width and abs(int(refs[j][i]) - colours[0]) <= tol:
+                        keep[j] = width
         t, bo, le, ri = keep
         boxes[i] = (le, t, w - ri, h - bo)
     return boxes
