@@ -42,11 +42,13 @@ from dedup.hashing import eval_gray, eval_thumbs, extreme_fraction
 from dedup.phash import phash_thumbs
 from dedup.score import verify_scores
 from dedup.search import search_pairs
-from dedup.views import eval_views, train_thumbs
+from dedup.views import TRAIN_VIEWS, eval_views, train_thumbs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CFG = DedupConfig()
-VIEWS = eval_views(tuple(CFG.eval_zooms), CFG.eval_anchors, CFG.eval_square)
+VIEWS = eval_views(
+    tuple(CFG.eval_zooms), CFG.eval_anchors, CFG.eval_square, CFG.eval_flip, tuple(CFG.eval_angles)
+)
 
 
 def peak_mb() -> float:
@@ -125,20 +127,25 @@ def _eval_side(grays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarr
 
 
 def _train_side(grays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    plain, trim, _ = train_thumbs(grays, CFG.trim_tolerance)
-    return {"phash": phash_thumbs(plain), "trim": phash_thumbs(trim)}, np.stack([plain, trim], axis=1)
+    th, _ = train_thumbs(grays, CFG.trim_tolerance)
+    return {v.name: phash_thumbs(th[:, i]) for i, v in enumerate(TRAIN_VIEWS)}, th
 
 
 def _detect(t_h, t_th, e_h, e_th, profile: str, tau: int, thr: float, block: int = 65536):
     """Best view pair per (train, eval) image within tau and its verification score, as the stage does."""
-    p = match_views(t_h, np.ones(len(t_th), bool), EvalViews.build(e_h, np.ones(len(e_th), bool), tau))
+    # as the stage does: line-art sets are not searched through flips and rotations
+    skip = frozenset(v.name for v in VIEWS if v.flip or v.angle) if profile == "lineart" else frozenset()
+    p = match_views(t_h, np.ones(len(t_th), bool), EvalViews.build(e_h, np.ones(len(e_th), bool), tau, skip))
     score = np.zeros(len(p["train_row"]), np.float32)
     refine_from = thr - CFG.refine_margin if profile == "natural" else None
+    overlay = (
+        (CFG.overlay_drop, CFG.overlay_margin) if profile == "natural" and CFG.overlay_drop > 0 else None
+    )
     for i in range(0, len(score), block):
         sl = slice(i, i + block)
         a = t_th[p["train_row"][sl], p["train_view"][sl]]
         b = e_th[p["eval_row"][sl], p["eval_view"][sl]]
-        score[sl] = verify_scores(a, b, refine_from)
+        score[sl] = verify_scores(a, b, refine_from, overlay=overlay)
     best = best_view_pair(p, score)
     return {k: v[best] for k, v in p.items()}, score[best]
 

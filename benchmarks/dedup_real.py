@@ -179,12 +179,16 @@ def load_photos(source: str, out: Path) -> tuple[dict[str, bytes], list[tuple[st
     if source == "coco":
         files = sorted((SHARED / "photos").rglob("*.jpg"))
         return {f.stem: f.read_bytes() for f in files}, []
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import devset
+    import importlib.util
+
+    # by path: putting benchmarks/ on sys.path would shadow the dedup package with benchmarks/dedup.py
+    spec = importlib.util.spec_from_file_location("devset", REPO / "benchmarks" / "devset.py")
+    devset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(devset)
 
     root = out / "devset"
     if not (root / "manifest.json").exists():
-        devset.build(root, Path(os.path.expanduser("~/.cache/webclip-devset")), 420)
+        devset.build(root, Path(os.path.expanduser("~/.cache/webclip-devset")), 320)
     m = json.loads((root / "manifest.json").read_text())
     photos = {p["id"]: (root / "photos" / f"{p['id']}.jpg").read_bytes() for p in m["photos"]}
 

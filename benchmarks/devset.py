@@ -1,6 +1,6 @@
 """Fetch the dedup development set: real photographs shipped in Debian packages, cut into distinct pictures.
 
-    python benchmarks/devset.py --out /tmp/devset [--tile 420]
+    python benchmarks/devset.py --out /tmp/devset [--tile 320]
 
 Nothing here is in the tests' critical path: the benchmark (``benchmarks/dedup_real.py``) calls it.
 Only Debian packages are used, by name, with ``apt-get download`` (no root needed) and
@@ -10,8 +10,10 @@ documentation (opencv-doc) and scikit-image (python3-skimage). The photographs w
 from a contact sheet (renders, logos, charts and drawings left out); the lists are below.
 
 The large wallpapers (2–6k px) are cut into non-overlapping tiles of about ``--tile`` px (4:3, 3:4 or
-square, alternating), each kept as one distinct picture when it is not flat (grey-level standard
-deviation ≥ 12): different regions of a photograph are different pictures. Small sample photos are
+square, alternating), each kept as one distinct picture when it is textured (grey-level standard
+deviation ≥ 12 and mean gradient ≥ 4 at 64×64) and does not correlate above 0.85 (as it is or
+mirrored, 16×16 pixels) with a tile kept before: different regions of a photograph are different
+pictures, but the regions of a gradient or a repeating texture are one. Small sample photos are
 kept whole. Look-alikes (hard negatives, never copies): the packages' own series — stereo pairs,
 consecutive calibration frames, optical-flow frame pairs, registration test shots, an image and its
 edited version — and, per wallpaper, pairs of tiles of the same scene shifted by 35 % of a tile
@@ -151,9 +153,24 @@ def tiles(img: Image.Image, tile: int, k: int) -> list[tuple[int, int, int, int]
     ]
 
 
+def _seen(small: np.ndarray, kept: list[np.ndarray], limit: float = 0.85) -> bool:
+    """Whether the 64×64 tile correlates above ``limit`` (as it is or mirrored) with a kept tile's 16×16
+    thumbnail; appends it to ``kept`` when not. Plain pixel correlation: no part of the detector."""
+    t = np.asarray(Image.fromarray(small).resize((16, 16), Image.BILINEAR), np.float64).ravel()
+    t = (t - t.mean()) / (t.std() + 1e-9)
+    f = t.reshape(16, 16)[:, ::-1].ravel()
+    if kept:
+        m = np.stack(kept)
+        if max((m @ t).max(), (m @ f).max()) / len(t) > limit:
+            return True
+    kept.append(t)
+    return False
+
+
 def build(out: Path, cache: Path, tile: int) -> dict:
     root = fetch(cache)
     photos, lookalikes = [], []
+    kept: list[np.ndarray] = []
     for n, (pkg, f) in enumerate(wallpaper_files(root)):
         img = Image.open(f).convert("RGB")
         if max(img.size) > 14 * tile:  # the largest wallpapers: halve first so a tile shows a scene
@@ -161,8 +178,12 @@ def build(out: Path, cache: Path, tile: int) -> dict:
         boxes = tiles(img, tile, n)
         for b in boxes:
             crop = img.crop(b)
-            if np.asarray(crop.convert("L"), np.float32).std() < 12:
-                continue  # a flat tile (clear sky, a wall) is no picture of its own
+            small = np.asarray(crop.convert("L").resize((64, 64), Image.BILINEAR), np.float32)
+            texture = np.abs(np.diff(small, axis=0)).mean() + np.abs(np.diff(small, axis=1)).mean()
+            if small.std() < 12 or texture < 4:
+                continue  # a flat or smooth tile (clear sky, a wall, a blur) is no picture of its own
+            if _seen(small, kept):
+                continue  # another tile (of a repeating texture, a gradient) already looks like it
             pid = f"w{n:02d}_{b[0]}_{b[1]}"
             _save(crop, out / "photos" / f"{pid}.jpg")
             photos.append({"id": pid, "package": pkg, "source": f.name, "box": list(b)})
@@ -176,8 +197,11 @@ def build(out: Path, cache: Path, tile: int) -> dict:
                 _save(img.crop(shifted), out / "lookalikes" / f"{lid}.jpg")
                 lookalikes.append({"a": pid, "b": lid, "kind": "pan 35%"})
                 break
+    in_series = {s for _, stems in SERIES for s in stems}
     for pkg, spec in SAMPLES.items():
         for stem in spec.split():
+            if stem in in_series:
+                continue  # a look-alike series member is never also a distinct photo
             f = _find(root, pkg, stem)
             if f is None:
                 continue
@@ -203,7 +227,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/webclip-devset")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/webclip-devset"))
-    ap.add_argument("--tile", type=int, default=420)
+    ap.add_argument("--tile", type=int, default=320)
     args = ap.parse_args()
     m = build(Path(args.out), Path(args.cache), args.tile)
     print(

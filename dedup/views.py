@@ -124,6 +124,7 @@ def trim_boxes(
     max_trim: float = 0.45,
     edge_frac: float = 0.5,
     drift: float = 3.0,
+    flat_std: float = 1.0,
 ) -> np.ndarray:
     """Content boxes ``(left, top, right, bottom)`` of a stack ``(B, H, W)`` of uint8 images: the
     image without its real borders.
@@ -134,7 +135,8 @@ def trim_boxes(
     a border when it *differs from what it frames*: in the first line or two past it, at least
     ``edge_frac`` of the pixels (over the span of the content box) lie more than ``tol`` from the
     border colour — a straight edge such as a mat, a letterbox or a pasted picture has, and a plain
-    sky above a skyline, a white studio background around an object, or a dark stage do not.
+    sky above a skyline, a white studio background around an object, or a dark stage do not — and
+    when it is *flat*: pixel standard deviation ≤ ``flat_std`` (a digital fill; a sky has grain).
     A run reaching ``max_trim`` of the side is content too, and so is one that would leave less
     than 30 % of the image. Per side a few NumPy calls for the whole batch, then the edge check.
     """
@@ -184,8 +186,10 @@ def trim_boxes(
             else:
                 edge = g[t : h - bo, w - ri - 2 : w - ri].T
             frac = (np.abs(edge - ref) > tol).mean(axis=1).max() if edge.size else 0.0
-            if frac < edge_frac:
-                keep[side] = 0  # a plain band that fades into the content: part of the picture
+            if frac < edge_frac or _band(g, side, run).std() > flat_std:
+                # a plain band that fades into the content, or one with the grain of a real sky
+                # (a border or canvas is a digital fill: flat to within JPEG noise)
+                keep[side] = 0
         # A frame is usually as wide on every side (a mat, ImageOps.expand): where the picture's own
         # edge has the frame's colour, that side shows no edge, but its first lines are as uniform
         # and as coloured as the confirmed sides' frame. Trim it by the confirmed width.
@@ -195,11 +199,22 @@ def trim_boxes(
             colours = [int(refs[j][i]) for j in sure]
             if max(colours) - min(colours) <= tol:
                 for j in range(4):
-                    if keep[j] == 0 and prefixes[j][i] >= width and abs(int(refs[j][i]) - colours[0]) <= tol:
+                    if (
+                        keep[j] == 0
+                        and prefixes[j][i] >= width
+                        and abs(int(refs[j][i]) - colours[0]) <= tol
+                        and _band(g, j, width).std() <= flat_std
+                    ):
                         keep[j] = width
         t, bo, le, ri = keep
         boxes[i] = (le, t, w - ri, h - bo)
     return boxes
+
+
+def _band(g: np.ndarray, side: int, run: int) -> np.ndarray:
+    """The ``run`` outermost lines of side ``side`` (0 top, 1 bottom, 2 left, 3 right) of ``g``."""
+    h, w = g.shape
+    return (g[:run], g[h - run :], g[:, :run], g[:, w - run :])[side]
 
 
 def view_box(view: View, trim: tuple[int, ...], size: tuple[int, int]) -> tuple[float, float, float, float]:
