@@ -342,7 +342,7 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
     e_hash = phash_thumbs(e_th.reshape(-1, 32, 32)).reshape(len(eids), len(views))
     t_h, t_th = [], []
     for _, d, *_ in items:
-        h, th = hash_original(d, cfg.decode_min_side, cfg.trim_tolerance)
+        h, th = hash_original(d, cfg.original_decode_min_side, cfg.trim_tolerance)
         t_h.append(h)
         t_th.append(th)
     t_h, t_th = np.stack(t_h), np.stack(t_th)

@@ -77,4 +77,4 @@ class OriginalHasher:
 def hash_downloads(config: Any) -> OriginalHasher | None:
     """The hasher for a download stage's config, or ``None`` when ``dedup.hash_at_download`` is off."""
     cfg = config.dedup
-    return OriginalHasher(cfg.decode_min_side, cfg.trim_tolerance) if cfg.hash_at_download else None
+    return OriginalHasher(cfg.original_decode_min_side, cfg.trim_tolerance) if cfg.hash_at_download else None

@@ -120,6 +120,14 @@ class DedupConfig(Section):
         description="the download stage hashes every original image before img2dataset's resizer and "
         "stores the hashes and thumbnails in the shard parquet (orig_* columns)",
     )
+    original_decode_min_side: int = Field(
+        128,
+        ge=0,
+        le=4096,
+        description="the download-time hashes decode each original at the smallest DCT scale keeping this "
+        "many pixels on the shorter side: finer than decode_min_side, so that a picture's box inside a canvas "
+        "or a frame is found to within a pixel or two of its own size",
+    )
     use_original_hashes: bool = Field(
         True,
         description="dedup uses the shard parquet's original hashes where present (else: the stored image)",

@@ -119,7 +119,7 @@ class DedupStage(Stage):
             # the downloader's hashes of the original images, where the shard has them
             orig = load_shard_table(self.run, shard, with_thumbs=False) if cfg.use_original_hashes else None
             originals = (
-                read_originals(orig, params_tag(cfg.decode_min_side, cfg.trim_tolerance))
+                read_originals(orig, params_tag(cfg.original_decode_min_side, cfg.trim_tolerance))
                 if orig is not None
                 else None
             )

@@ -52,7 +52,7 @@ class CandidateThumbsStage(Stage):
         for shard in sorted(by_shard):
             keys = sorted(set(by_shard[shard]))
             digest = hashlib.sha256(
-                json.dumps([params_tag(cfg.decode_min_side, cfg.trim_tolerance), keys]).encode()
+                json.dumps([params_tag(cfg.original_decode_min_side, cfg.trim_tolerance), keys]).encode()
             ).hexdigest()[:12]
             tasks.append(Task(f"{shard}.{digest}", (shard, keys)))
         return tasks
@@ -64,7 +64,7 @@ class CandidateThumbsStage(Stage):
         # samples the downloader hashed from their original: their thumbnails are in the shard parquet
         table = load_shard_table(self.run, shard, with_thumbs=True)
         stored = (
-            read_thumbs(table, params_tag(cfg.decode_min_side, cfg.trim_tolerance), wanted)
+            read_thumbs(table, params_tag(cfg.original_decode_min_side, cfg.trim_tolerance), wanted)
             if table is not None
             else {}
         )

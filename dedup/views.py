@@ -203,7 +203,8 @@ def trim_boxes(
                         keep[j] == 0
                         and prefixes[j][i] >= width
                         and abs(int(refs[j][i]) - colours[0]) <= tol
-                        and _band(g, j, width).std() <= flat_std
+                        # (less the 2 lines at the edge: the picture's JPEG ringing bleeds into them)
+                        and _band(g, j, width, inset=2).std() <= flat_std
                     ):
                         keep[j] = width
         t, bo, le, ri = keep
@@ -211,9 +212,11 @@ def trim_boxes(
     return boxes
 
 
-def _band(g: np.ndarray, side: int, run: int) -> np.ndarray:
-    """The ``run`` outermost lines of side ``side`` (0 top, 1 bottom, 2 left, 3 right) of ``g``."""
+def _band(g: np.ndarray, side: int, run: int, inset: int = 0) -> np.ndarray:
+    """The ``run`` outermost lines of side ``side`` (0 top, 1 bottom, 2 left, 3 right) of ``g``, less
+    ``inset`` lines next to the content when there are more."""
     h, w = g.shape
+    run = run - inset if run > inset + 1 else run
     return (g[:run], g[h - run :], g[:, :run], g[:, w - run :])[side]
 
 

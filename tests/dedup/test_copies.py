@@ -50,7 +50,7 @@ def _detect(train: list[bytes], evals: list[bytes]) -> tuple[dict, np.ndarray]:
         [eval_thumbs(decode_gray(d, CFG.decode_min_side)[0], VIEWS, CFG.trim_tolerance) for d in evals]
     )
     e_h = phash_thumbs(e_th.reshape(-1, 32, 32)).reshape(len(evals), len(VIEWS))
-    t = [hash_original(d, CFG.decode_min_side, CFG.trim_tolerance) for d in train]
+    t = [hash_original(d, CFG.original_decode_min_side, CFG.trim_tolerance) for d in train]
     t_h, t_th = np.stack([x[0] for x in t]), np.stack([x[1] for x in t])
     index = EvalViews.build(
         {v.name: e_h[:, i] for i, v in enumerate(VIEWS)}, np.ones(len(evals), bool), CFG.tau
@@ -128,9 +128,9 @@ def test_overlay_score_tolerates_a_caption_not_a_different_photo(shared_data):
     a, b = _coco(shared_data, 2, start=60)
     img = Image.open(io.BytesIO(a)).convert("RGB")
     captioned = jpeg(caption(img))
-    ta = hash_original(a, CFG.decode_min_side, CFG.trim_tolerance)[1][:1]
-    tc = hash_original(captioned, CFG.decode_min_side, CFG.trim_tolerance)[1][:1]
-    tb = hash_original(b, CFG.decode_min_side, CFG.trim_tolerance)[1][:1]
+    ta = hash_original(a, CFG.original_decode_min_side, CFG.trim_tolerance)[1][:1]
+    tc = hash_original(captioned, CFG.original_decode_min_side, CFG.trim_tolerance)[1][:1]
+    tb = hash_original(b, CFG.original_decode_min_side, CFG.trim_tolerance)[1][:1]
     zero = np.zeros((1, 2))
     assert overlay_scores(tc, ta, zero, CFG.overlay_drop)[0] >= 0.99
     assert overlay_scores(tb, ta, zero, CFG.overlay_drop)[0] < 0.9
