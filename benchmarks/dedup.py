@@ -460,7 +460,8 @@ def search(n_train: int, n_eval: int, tau: int) -> None:
     print(f"\n{len(ours[0]):,} pairs; identical to brute force: {same}; peak RSS {peak_mb():.0f} MB")
     if not same:
         raise SystemExit("search results differ from brute force")
-    shard_search(12_000, 210_000, 10)
+    shard_search(12_000, 210_000, 10)  # the views before issue 18: 1.2 training x 21 eval views
+    shard_search(22_000, 260_000, 10)  # issue 18: phash + inner (+ trim) x 26 eval views
 
 
 def shard_search(n_train: int, n_eval_hashes: int, tau: int) -> None:
