@@ -145,7 +145,7 @@ def _detect(t_h, t_th, e_h, e_th, profile: str, tau: int, thr: float, block: int
         sl = slice(i, i + block)
         a = t_th[p["train_row"][sl], p["train_view"][sl]]
         b = e_th[p["eval_row"][sl], p["eval_view"][sl]]
-        score[sl] = verify_scores(a, b, refine_from, overlay=overlay)
+        score[sl] = verify_scores(a, b, refine_from, overlay=overlay, band=CFG.overlay_band if overlay else 0)
     best = best_view_pair(p, score)
     return {k: v[best] for k, v in p.items()}, score[best]
 

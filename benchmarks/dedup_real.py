@@ -354,7 +354,11 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
     a = t_th[pairs["train_row"], pairs["train_view"]]
     b = e_th[pairs["eval_row"], pairs["eval_view"]]
     score = verify_scores(
-        a, b, cfg.verify_threshold - cfg.refine_margin, overlay=(cfg.overlay_drop, cfg.overlay_margin)
+        a,
+        b,
+        cfg.verify_threshold - cfg.refine_margin,
+        overlay=(cfg.overlay_drop, cfg.overlay_margin),
+        band=cfg.overlay_band,
     )
     best = best_view_pair(pairs, score)
     rows = []

@@ -95,6 +95,13 @@ class DedupConfig(Section):
         description="the overlay score must pass the threshold by this much to confirm (0.96 + 0.03: distinct "
         "CIFAR-10 images reach 0.985 once their worst pixels are dropped; captioned copies ~0.999)",
     )
+    overlay_band: int = Field(
+        8,
+        ge=0,
+        le=14,
+        description="natural images: verification also scores a pair without its top or bottom this many rows "
+        "of the 30 it compares (a caption band); 0 turns this off",
+    )
     per_set: dict[str, EvalSetThresholds] = Field(
         default_factory=dict,
         description="overrides by eval set name, e.g. {mnist: {profile: lineart}} or {cifar10: {verify_threshold: 0.97}}",

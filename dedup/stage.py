@@ -225,7 +225,9 @@ class DedupStage(Stage):
                 if profile == "natural" and cfg.overlay_drop > 0
                 else None
             )
-            score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from, overlay=overlay)
+            score = score_view_pairs(
+                pairs, thumbs, e_thumbs, refine_from, overlay=overlay, band=cfg.overlay_band
+            )
             table, hit_rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
             m = [meta.get(int(i), {}) for i in hit_rows]
             for name, col in ids.take(hit_rows, ("uid", "shard", "key")).items():

@@ -61,7 +61,11 @@ def _detect(train: list[bytes], evals: list[bytes]) -> tuple[dict, np.ndarray]:
     a = t_th[pairs["train_row"], pairs["train_view"]]
     b = e_th[pairs["eval_row"], pairs["eval_view"]]
     score = verify_scores(
-        a, b, CFG.verify_threshold - CFG.refine_margin, overlay=(CFG.overlay_drop, CFG.overlay_margin)
+        a,
+        b,
+        CFG.verify_threshold - CFG.refine_margin,
+        overlay=(CFG.overlay_drop, CFG.overlay_margin),
+        band=CFG.overlay_band,
     )
     out = {}
     for k in best_view_pair(pairs, score):
