@@ -128,7 +128,7 @@ class DedupConfig(Section):
         "stores the hashes and thumbnails in the shard parquet (orig_* columns)",
     )
     original_decode_min_side: int = Field(
-        128,
+        64,
         ge=0,
         le=4096,
         description="the download-time hashes decode each original at the smallest DCT scale keeping this "

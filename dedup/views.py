@@ -130,7 +130,7 @@ def trim_boxes(
     image without its real borders.
 
     A side's border is a run of lines from the outside in that are *uniform*: at least ``min_frac`` of
-    the pixels within ``tol`` grey levels of the outermost line's median, and the line's own median
+    the pixels within ``tol`` grey levels of the outermost line's median, and the line's own level
     within ``drift`` levels of it (a sky's slow gradient is not a flat band). The run only counts as
     a border when it *differs from what it frames*: in the first line or two past it, at least
     ``edge_frac`` of the pixels (over the span of the content box) lie more than ``tol`` from the
@@ -157,10 +157,13 @@ def trim_boxes(
     runs, refs, prefixes = [], [], []
     for lines in sides:
         ref = np.median(lines[:, 0, :], axis=1).astype(np.int16)
-        diff = np.abs(lines.astype(np.int16) - ref[:, None, None])
-        near = diff <= tol
-        med = np.median(lines, axis=2)
-        ok = (near.sum(axis=2) >= min_frac * lines.shape[2]) & (np.abs(med - ref[:, None]) <= drift)
+        signed = lines.astype(np.int16) - ref[:, None, None]
+        near = np.abs(signed) <= tol
+        count = near.sum(axis=2)
+        # the line's level: the mean of its pixels near the border colour (a median per line costs
+        # more than the rest of the hash at download time, and the outliers are already left out)
+        level = np.where(near, signed, 0).sum(axis=2) / np.maximum(count, 1)
+        ok = (count >= min_frac * lines.shape[2]) & (np.abs(level) <= drift)
         uniform = np.where(ok.all(axis=1), ok.shape[1], np.argmin(ok, axis=1))  # uniform lines from outside
         runs.append(np.where(uniform == ok.shape[1], 0, uniform))  # all k lines uniform: content
         prefixes.append(uniform)
