@@ -8,6 +8,8 @@ thread count and number of processes:
 * webclip: ``DownloadStage`` through ``pipeline.runner.run_stage`` on an embedded Ray with the
   same number of CPUs (img2dataset's reader/downloader/resizer/writer + the safe fetcher).
 
+A third side is webclip with ``dedup.hash_at_download=false``: the cost of hashing every original
+for dedup in the fetch threads (issue 18) is webclip's rate with it against without it.
 Prints images/s, images/s per core and peak memory (RSS summed over the process tree, sampled),
 and the ratio webclip / bare (target ≥ 0.9). Ray's start-up is done before the clock starts; the
 multiprocessing pool start-up is inside img2dataset's time (it is part of every img2dataset run).
