@@ -5,7 +5,7 @@
 
 Data (seeded, NumPy-vectorised; its generation is not measured): a run directory with
 ``hashes/NNNNN.parquet`` files of ``--shard-size`` rows, ``--n`` in all, in the schema
-``hash_training_samples`` writes (shard, key, uid, sha256, status, width, height, phash, phash_trim,
+``hash_training_samples`` writes (shard, key, uid, sha256, status, width, height, phash, phash_trim, phash_inner,
 trimmed): 1 % of rows ``undecodable: X`` (null sha256 and hashes), 2 % exact copies of an earlier row
 (same sha256 and hashes), 1 % near copies (pHash with 1-2 bits flipped, a new sha256), pHash random
 64-bit otherwise, ``phash_trim`` equal to ``phash`` for 80 % of rows. One eval set
@@ -152,6 +152,7 @@ def generate(
         near_src = np.concatenate([near_src, np.zeros(len(members), np.int64)])
         near_bits = np.concatenate([near_bits, np.ones(len(members), near_bits.dtype)])
     trim = np.where(rng.random(n) < 0.8, ph, _u64(rng, n))
+    inner = _u64(rng, n)  # the centre crop's hash: never the plain one
     ph[exact], trim[exact], sha[exact] = ph[exact_src], trim[exact_src], sha[exact_src]
     ok = cat != UNDECODABLE
     wh = rng.integers(64, 1025, (n, 2)).astype(np.int32)
@@ -175,6 +176,7 @@ def generate(
                 "height": pa.array(wh[lo:hi, 1], pa.int32(), mask=mask),
                 "phash": pa.array(ph[lo:hi], pa.uint64(), mask=mask),
                 "phash_trim": pa.array(trim[lo:hi], pa.uint64(), mask=mask),
+                "phash_inner": pa.array(inner[lo:hi], pa.uint64(), mask=mask),
                 "trimmed": pa.array(trim[lo:hi] != ph[lo:hi], pa.bool_(), mask=mask),
             }
         )

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from crawl.domains import url_domain
 from crawl.fetch import SafeFetcher, reason_of
+from crawl.original_hashes import hash_downloads
 from crawl.partition import PLAN_VERSION, plan_shards
 from crawl.pixels import NormalizingResizer
 from pipeline.errors import ConfigError
@@ -265,8 +266,10 @@ class DownloadStage(Stage):
         from img2dataset.writer import WebDatasetSampleWriter
 
         cfg = self.config.download
+        # --- issue 18: dedup hashes each original before the resizer crops it (crawl/original_hashes.py)
+        hasher = hash_downloads(self.config)
         downloader = _safe_downloader_class()(
-            fetcher,
+            hasher.wrap(fetcher) if hasher is not None else fetcher,
             sample_writer_class=WebDatasetSampleWriter,
             resizer=resizer,
             thread_count=cfg.thread_count,
@@ -286,6 +289,15 @@ class DownloadStage(Stage):
         )
         # download_shard, not __call__: __call__ swallows errors, we want the runner to retry them
         downloader.download_shard(shard)
+        if hasher is not None:
+            shard_id = shard[0]
+            hasher.attach(
+                Path(out_dir) / f"{shard_name(shard_id)}.parquet",
+                shard_id,
+                cfg.samples_per_shard,
+                SHARD_DIGITS,
+            )
+        # --- end issue 18
 
     def _expected_rows(self, shard_id: int) -> pa.Table:
         return self.run.read_parquet(plan_file(shard_id), columns=["uid", "url", "text", "entry_ids"])

@@ -81,6 +81,27 @@ class DedupConfig(Section):
         description="natural images: view pairs whose coarse score is within this of the threshold are "
         "re-scored with sub-pixel/scale alignment (the refinement lifted true pairs by at most 0.12)",
     )
+    overlay_drop: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="natural images: verification also scores a pair without the fraction of pixels where "
+        "it disagrees most (a caption, watermark or logo on a copy); 0 turns this off",
+    )
+    overlay_margin: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="the overlay score must pass the threshold by this much to confirm (0.96 + 0.03: distinct "
+        "CIFAR-10 images reach 0.985 once their worst pixels are dropped; captioned copies ~0.999)",
+    )
+    overlay_band: int = Field(
+        8,
+        ge=0,
+        le=14,
+        description="natural images: verification also scores a pair without its top or bottom this many rows "
+        "of the 30 it compares (a caption band); 0 turns this off",
+    )
     per_set: dict[str, EvalSetThresholds] = Field(
         default_factory=dict,
         description="overrides by eval set name, e.g. {mnist: {profile: lineart}} or {cifar10: {verify_threshold: 0.97}}",
@@ -92,6 +113,31 @@ class DedupConfig(Section):
     eval_square: bool = Field(
         True,
         description="hash the centre square of every eval image as a view (what img2dataset's center_crop keeps)",
+    )
+    eval_flip: bool = Field(
+        True, description="hash the mirrored eval image as a view (horizontally flipped copies)"
+    )
+    eval_angles: list[float] = Field(
+        default_factory=lambda: [5.0, -5.0],
+        description="rotations (degrees, counter-clockwise) of every eval image hashed as views: each as "
+        "cropped to fill and as its centre 80 % (copies rotated in place, corners filled)",
+    )
+    hash_at_download: bool = Field(
+        True,
+        description="the download stage hashes every original image before img2dataset's resizer and "
+        "stores the hashes and thumbnails in the shard parquet (orig_* columns)",
+    )
+    original_decode_min_side: int = Field(
+        64,
+        ge=0,
+        le=4096,
+        description="the download-time hashes decode each original at the smallest DCT scale keeping this "
+        "many pixels on the shorter side: finer than decode_min_side, so that a picture's box inside a canvas "
+        "or a frame is found to within a pixel or two of its own size",
+    )
+    use_original_hashes: bool = Field(
+        True,
+        description="dedup uses the shard parquet's original hashes where present (else: the stored image)",
     )
     eval_anchors: int = Field(
         3,
@@ -136,6 +182,14 @@ class DedupConfig(Section):
     def _memory_size(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", v.strip()):
             raise ValueError(f"memory_limit must be a size such as '8GB' or '512MiB', got {v!r}")
+        return v
+
+    @field_validator("eval_angles")
+    @classmethod
+    def _angles_in_range(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not 0 < abs(a) <= 20]
+        if bad:
+            raise ValueError(f"eval_angles must each be non-zero and within ±20 degrees, got {bad}")
         return v
 
     @field_validator("eval_zooms")

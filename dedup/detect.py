@@ -16,7 +16,9 @@ from dedup.search import HammingIndex
 from dedup.views import OFTEN_PLAIN
 
 
-def _searchable(hashes: dict[str, np.ndarray], ok: np.ndarray) -> tuple[np.ndarray, ...]:
+def _searchable(
+    hashes: dict[str, np.ndarray], ok: np.ndarray, skip: frozenset[str] = frozenset()
+) -> tuple[np.ndarray, ...]:
     """Rows, view indices and hashes of every view to search; where a view that often coincides with
     the plain one (an untrimmed image's ``trim``, a square image's ``square``) has the plain hash,
     it is left out: it would only repeat the plain view's pairs."""
@@ -25,11 +27,21 @@ def _searchable(hashes: dict[str, np.ndarray], ok: np.ndarray) -> tuple[np.ndarr
     idx = np.flatnonzero(ok)
     rows, views, hs = [idx], [np.zeros(len(idx), np.int64)], [base[idx]]
     for vi, v in enumerate(names[1:], start=1):
+        if v in skip:
+            continue
         keep = idx[hashes[v][idx] != base[idx]] if v in OFTEN_PLAIN else idx
         rows.append(keep)
         views.append(np.full(len(keep), vi, np.int64))
         hs.append(hashes[v][keep])
     return np.concatenate(rows), np.concatenate(views), np.concatenate(hs)
+
+
+def compatible(train_view: str, eval_view: str) -> bool:
+    """Whether a match between these two views is an alignment of the two images: a training image's
+    ``inner`` view (the centre of a copy rotated in place) is compared with the eval image's rotated
+    ``*_inner`` views only, and those with nothing else — an ``inner`` crop against an unrotated
+    eval crop is a 10–20 % scale mismatch, which only finds look-alikes."""
+    return (train_view == "inner") == eval_view.endswith("_inner")
 
 
 @dataclass
@@ -39,13 +51,16 @@ class EvalViews:
     rows: np.ndarray
     views: np.ndarray
     index: HammingIndex
+    names: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, evals: dict[str, np.ndarray], eval_ok: np.ndarray, tau: int) -> EvalViews:
+    def build(
+        cls, evals: dict[str, np.ndarray], eval_ok: np.ndarray, tau: int, skip: frozenset[str] = frozenset()
+    ) -> EvalViews:
         """``evals`` maps view name -> uint64 hash per row (first: the plain ``phash``); rows where
-        ``eval_ok`` is false are left out."""
-        rows, views, hashes = _searchable(evals, eval_ok)
-        return cls(rows, views, HammingIndex.build(hashes, tau))
+        ``eval_ok`` is false are left out, and so are the views named in ``skip``."""
+        rows, views, hashes = _searchable(evals, eval_ok, skip)
+        return cls(rows, views, HammingIndex.build(hashes, tau), tuple(evals))
 
 
 def match_views(
@@ -61,6 +76,10 @@ def match_views(
     t_rows, t_views, t_hash = _searchable(train, train_ok)
     q, d, dist = evals.index.search(t_hash)
     tr, er, tv, ev = t_rows[q], evals.rows[d], t_views[q], evals.views[d]
+    if evals.names:  # keep only view pairs that align the two images (a small lookup table)
+        ok = np.array([[compatible(t, e) for e in evals.names] for t in train], bool)
+        keep = ok[tv, ev]
+        tr, er, tv, ev, dist = tr[keep], er[keep], tv[keep], ev[keep], dist[keep]
     order = np.lexsort((ev, tv, dist, er, tr))
     return {
         "train_row": tr[order],

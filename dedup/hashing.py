@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from dedup.decode import decode_gray
 from dedup.phash import phash_thumbs
-from dedup.views import View, image_view_thumbs, train_thumbs, trim_boxes
+from dedup.views import TRAIN_VIEWS, View, image_view_thumbs, train_thumbs, trim_boxes
 from pipeline.evalsets import EvalRecord, EvalSet
 from pipeline.images import to_8bit
 from pipeline.stats import Stats
@@ -41,62 +41,81 @@ def _batched(items: Iterable, n: int) -> Iterator[list]:
 
 
 def hash_training_samples(
-    samples: Iterable, shard: str, batch_size: int, stats: Stats, min_side: int, trim_tol: int
+    samples: Iterable,
+    shard: str,
+    batch_size: int,
+    stats: Stats,
+    min_side: int,
+    trim_tol: int,
+    originals: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """Hashes of every sample of one shard: one row each, ``status`` ``ok`` or why it has no hash.
 
-    Columns: shard, key, uid, sha256, status, width, height (of the stored image), phash,
-    phash_trim, trimmed.
+    ``originals`` maps a key to the training-view hashes the downloader took of the original image
+    (:mod:`dedup.original`); those samples are not decoded, the others are hashed from the stored
+    image. Columns: shard, key, uid, sha256, status, source (``original`` / ``stored``), width,
+    height (of the stored image; null for original-hashed rows), one hash column per training view
+    (``phash``, ``phash_trim``, ``phash_inner``), trimmed.
     """
-    cols: dict[str, list] = {k: [] for k in ("shard", "key", "uid", "sha256", "status", "width", "height")}
-    phash_parts, trim_parts, trimmed_parts, ok_parts = [], [], [], []
+    originals = originals or {}
+    names = ("shard", "key", "uid", "sha256", "status", "source", "width", "height")
+    cols: dict[str, list] = {k: [] for k in names}
+    hash_parts, trimmed_parts, ok_parts = [], [], []
+    n_views = len(TRAIN_VIEWS)
     for batch in _batched(samples, batch_size):
-        grays, ok = [], np.zeros(len(batch), bool)
+        grays, decoded = [], []
+        hashes = np.zeros((len(batch), n_views), np.uint64)
+        trimmed = np.zeros(len(batch), bool)
+        ok = np.zeros(len(batch), bool)
         for j, s in enumerate(batch):
             data = s.image
             cols["shard"].append(shard)
             cols["key"].append(s.key)
             cols["uid"].append(str(s.meta.get("uid", "")) or None)
             cols["sha256"].append(hashlib.sha256(data).hexdigest() if data else None)
-            status, size = "ok", (None, None)
+            status, size, source = "ok", (None, None), None
             if data is None:
                 status = "no_image"
+            elif s.key in originals:
+                hashes[j] = originals[s.key]
+                trimmed[j] = hashes[j, 1] != hashes[j, 0]
+                ok[j] = True
+                source = "original"
             else:
                 try:
                     gray, size = decode_gray(data, min_side)
                     grays.append(gray)
+                    decoded.append(j)
                     ok[j] = True
+                    source = "stored"
                 except Exception as exc:  # a broken image is a counted drop, not a crash
                     status = f"undecodable: {type(exc).__name__}"
             cols["status"].append(status)
+            cols["source"].append(source)
             cols["width"].append(size[0])
             cols["height"].append(size[1])
             if status != "ok":
                 stats.drop("no_image" if data is None else "undecodable")
-        plain, trim, trimmed = train_thumbs(grays, trim_tol)
-        h_plain = phash_thumbs(plain)
-        h_trim = h_plain.copy()
-        h_trim[trimmed] = phash_thumbs(trim[trimmed])
-        # Rows without a hash keep nulls (a masked slot per failed sample).
-        for part, values in ((phash_parts, h_plain), (trim_parts, h_trim), (trimmed_parts, trimmed)):
-            full = np.zeros(len(batch), values.dtype)
-            full[ok] = values
-            part.append(full)
+        if decoded:
+            thumbs, was_trimmed = train_thumbs(grays, trim_tol)
+            hashes[decoded] = phash_thumbs(thumbs.reshape(-1, 32, 32)).reshape(len(decoded), n_views)
+            trimmed[decoded] = was_trimmed
+        hash_parts.append(hashes)
+        trimmed_parts.append(trimmed)
         ok_parts.append(ok)
         stats.inc("samples", len(batch))
         stats.inc("hashed", int(ok.sum()))
+        stats.inc("hashed_stored", len(decoded))
+        stats.inc("hashed_original", int(ok.sum()) - len(decoded))
     valid = np.concatenate(ok_parts) if ok_parts else np.zeros(0, bool)
-
-    def masked(parts: list[np.ndarray], typ: pa.DataType) -> pa.Array:
-        values = np.concatenate(parts) if parts else np.zeros(0)
-        return pa.array(values, typ, mask=~valid)
-
+    hashes = np.concatenate(hash_parts) if hash_parts else np.zeros((0, n_views), np.uint64)
     table = {k: pa.array(v, pa.string()) for k, v in cols.items() if k not in ("width", "height")}
     table["width"] = pa.array(cols["width"], pa.int32())
     table["height"] = pa.array(cols["height"], pa.int32())
-    table["phash"] = masked(phash_parts, pa.uint64())
-    table["phash_trim"] = masked(trim_parts, pa.uint64())
-    table["trimmed"] = masked(trimmed_parts, pa.bool_())
+    for i, v in enumerate(TRAIN_VIEWS):
+        table[view_column(v.name)] = pa.array(hashes[:, i], pa.uint64(), mask=~valid)
+    trimmed_all = np.concatenate(trimmed_parts) if trimmed_parts else np.zeros(0, bool)
+    table["trimmed"] = pa.array(trimmed_all, pa.bool_(), mask=~valid)
     return pa.table(table)
 
 

@@ -58,6 +58,7 @@ class SetSearch:
     name: str
     tau: int
     digest: str
+    skip: tuple[str, ...] = ()  # eval views not searched for this set (line art: flips, rotations)
 
 
 def hash_columns(table: pa.Table, views: tuple[View, ...] | list[View]) -> dict[str, np.ndarray]:
@@ -77,12 +78,14 @@ _INDEX_CACHE: dict[tuple, EvalViews] = {}
 
 
 def _eval_index(run: RunDir, search: SetSearch, views: tuple[View, ...]) -> EvalViews:
-    key = (run.url, search.name, search.digest, search.tau, tuple(v.name for v in views))
+    key = (run.url, search.name, search.digest, search.tau, tuple(v.name for v in views), search.skip)
     if key not in _INDEX_CACHE:
         ev = run.read_parquet(evalset_hashes_path(search.name))
         if len(_INDEX_CACHE) >= 8:
             _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
-        _INDEX_CACHE[key] = EvalViews.build(hash_columns(ev, views), ok_rows(ev), search.tau)
+        _INDEX_CACHE[key] = EvalViews.build(
+            hash_columns(ev, views), ok_rows(ev), search.tau, frozenset(search.skip)
+        )
     return _INDEX_CACHE[key]
 
 
@@ -107,7 +110,13 @@ class OverlapSearchStage(Stage):
         self.searches = tuple(searches)
         self.views = views
         self.digest = hashlib.sha256(
-            json.dumps([[(s.name, s.tau, s.digest) for s in self.searches], [v.name for v in views]]).encode()
+            json.dumps(
+                [
+                    [(s.name, s.tau, s.digest, list(s.skip)) for s in self.searches],
+                    [v.name for v in views],
+                    [v.name for v in TRAIN_VIEWS],
+                ]
+            ).encode()
         ).hexdigest()[:12]
 
     def tasks(self) -> list[Task]:

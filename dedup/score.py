@@ -130,19 +130,92 @@ def refined(a: np.ndarray, b: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return best
 
 
-def verify_scores(a: np.ndarray, b: np.ndarray, refine_from: float | None, block: int = 8192) -> np.ndarray:
+def overlay_scores(a: np.ndarray, b: np.ndarray, offset: np.ndarray, drop: float) -> np.ndarray:
+    """Correlation of the two thumbnails at the integer ``offset`` over all but the ``drop`` fraction of
+    pixels where they disagree most (after matching brightness and contrast).
+
+    A caption, a watermark or a logo changes a minority of the pixels completely and leaves the
+    rest identical: without those pixels a copy correlates at ~1.0, while two different pictures
+    still differ everywhere. Vectorised over pairs (P, 32, 32) -> (P,).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    p, w = len(a), THUMB - 2
+    ca = a[:, 1 : THUMB - 1, 1 : THUMB - 1].reshape(p, -1)
+    oy, ox = (offset[:, 0] + 1).astype(np.int64), (offset[:, 1] + 1).astype(np.int64)
+    iy = oy[:, None, None] + np.arange(w)[None, :, None]
+    ix = ox[:, None, None] + np.arange(w)[None, None, :]
+    cb = b[np.arange(p)[:, None, None], iy, ix].reshape(p, -1)
+
+    def z(x: np.ndarray, m: np.ndarray | None = None) -> np.ndarray:
+        n = x.shape[1] if m is None else m.sum(axis=1, keepdims=True)
+        xm = x if m is None else x * m
+        mu = xm.sum(axis=1, keepdims=True) / n
+        d = (x - mu) if m is None else (x - mu) * m
+        sd = np.sqrt((d * d).sum(axis=1, keepdims=True) / n)
+        return d / np.where(sd > 1e-6, sd, np.inf)
+
+    resid = np.abs(z(ca) - z(cb))
+    cut = np.quantile(resid, 1.0 - drop, axis=1, keepdims=True)
+    keep = (resid <= cut).astype(np.float64)
+    za, zb = z(ca, keep), z(cb, keep)
+    return (za * zb).sum(axis=1) / keep.sum(axis=1)
+
+
+def band_scores(a: np.ndarray, b: np.ndarray, offset: np.ndarray, rows: int) -> np.ndarray:
+    """Correlation of the two thumbnails at the integer ``offset`` without their top or bottom ``rows``
+    rows (of the central 30), the better of the two: a caption across the top or the bottom of a copy
+    (a meme, a news still) covers such a band, and can hold most of a thumbnail's contrast when the
+    photo itself is soft. Vectorised over pairs (P, 32, 32) -> (P,)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    p, w = len(a), THUMB - 2
+    ca = a[:, 1 : THUMB - 1, 1 : THUMB - 1]
+    oy, ox = (offset[:, 0] + 1).astype(np.int64), (offset[:, 1] + 1).astype(np.int64)
+    iy = oy[:, None, None] + np.arange(w)[None, :, None]
+    ix = ox[:, None, None] + np.arange(w)[None, None, :]
+    cb = b[np.arange(p)[:, None, None], iy, ix]
+    best = np.full(p, -1.0)
+    for part in (slice(0, w - rows), slice(rows, w)):
+        x, y = ca[:, part].reshape(p, -1), cb[:, part].reshape(p, -1)
+        x = x - x.mean(axis=1, keepdims=True)
+        y = y - y.mean(axis=1, keepdims=True)
+        den = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+        r = np.where(den > 1e-9, (x * y).sum(axis=1) / np.where(den > 1e-9, den, 1.0), 0.0)
+        best = np.maximum(best, r)
+    return best
+
+
+def verify_scores(
+    a: np.ndarray,
+    b: np.ndarray,
+    refine_from: float | None,
+    block: int = 8192,
+    overlay: tuple[float, float] | None = None,
+    band: int = 0,
+) -> np.ndarray:
     """Score of each thumbnail pair: the coarse score, raised by the refined one where coarse ≥ ``refine_from``.
 
-    ``refine_from`` ``None``: coarse only. Memory is bounded by processing ``block`` pairs at a time.
+    ``refine_from`` ``None``: coarse only. ``overlay`` ``(drop, margin)``: every pair is also scored
+    by :func:`overlay_scores` and, with ``band`` > 0, by :func:`band_scores`; those less ``margin``
+    (so that an overlay score must exceed the threshold by ``margin`` to confirm), and the pair keeps
+    the highest score.
+    Memory is bounded by processing ``block`` pairs at a time.
     """
     n = len(a)
     out = np.empty(n, np.float32)
     for i in range(0, n, block):
         pa_, pb_ = np.asarray(a[i : i + block]), np.asarray(b[i : i + block])
         score, offset = coarse(pa_, pb_)
+        robust = None
+        if overlay is not None:  # at the coarse alignment, before refinement moves the score
+            drop, margin = overlay
+            robust = overlay_scores(pa_, pb_, offset, drop) - margin
+            if band:
+                robust = np.maximum(robust, band_scores(pa_, pb_, offset, band) - margin)
         if refine_from is not None:
             idx = np.flatnonzero((score >= refine_from) & (score < 1.0))
             if len(idx):
                 score[idx] = np.maximum(score[idx], refined(pa_[idx], pb_[idx], offset[idx]))
+        if robust is not None:
+            score = np.maximum(score, robust)
         out[i : i + len(pa_)] = score
     return out

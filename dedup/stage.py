@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from dedup.clean import DECISIONS, DECISIONS_SCHEMA, CleanShardsStage, shard_stem
 from dedup.hashing import hash_evalset, hash_training_samples, view_column
+from dedup.original import load_shard_table, params_tag, read_originals
 from dedup.overlap_search import (
     OverlapSearchStage,
     SetSearch,
@@ -115,6 +116,13 @@ class DedupStage(Stage):
         cfg = self.config.dedup
         if kind == "shard":
             shard = shard_stem(arg)
+            # the downloader's hashes of the original images, where the shard has them
+            orig = load_shard_table(self.run, shard, with_thumbs=False) if cfg.use_original_hashes else None
+            originals = (
+                read_originals(orig, params_tag(cfg.original_decode_min_side, cfg.trim_tolerance))
+                if orig is not None
+                else None
+            )
             table = hash_training_samples(
                 iter_samples(self.run, arg),
                 shard,
@@ -122,6 +130,7 @@ class DedupStage(Stage):
                 stats,
                 cfg.decode_min_side,
                 cfg.trim_tolerance,
+                originals,
             )
             self.run.write_parquet(hashes_path(shard), table)
         else:
@@ -138,7 +147,9 @@ class DedupStage(Stage):
 
     def _eval_views(self) -> tuple[View, ...]:
         cfg = self.config.dedup
-        return eval_views(tuple(cfg.eval_zooms), cfg.eval_anchors, cfg.eval_square)
+        return eval_views(
+            tuple(cfg.eval_zooms), cfg.eval_anchors, cfg.eval_square, cfg.eval_flip, tuple(cfg.eval_angles)
+        )
 
     # ---------------------------------------------------------------- finalize
     def finalize(self, stats: Stats) -> None:
@@ -209,7 +220,14 @@ class DedupStage(Stage):
             # Natural images: re-score near-threshold view pairs with sub-pixel alignment; line art
             # is judged on the coarse score (refinement lifts distinct strokes as much as copies).
             refine_from = thr - cfg.refine_margin if profile == "natural" else None
-            score = score_view_pairs(pairs, thumbs, e_thumbs, refine_from)
+            overlay = (
+                (cfg.overlay_drop, cfg.overlay_margin)
+                if profile == "natural" and cfg.overlay_drop > 0
+                else None
+            )
+            score = score_view_pairs(
+                pairs, thumbs, e_thumbs, refine_from, overlay=overlay, band=cfg.overlay_band
+            )
             table, hit_rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
             m = [meta.get(int(i), {}) for i in hit_rows]
             for name, col in ids.take(hit_rows, ("uid", "shard", "key")).items():
@@ -269,6 +287,7 @@ class DedupStage(Stage):
             "removed": dict(sorted(removed.items())) if cfg.mode == "remove" else {},
             "flagged": dict(sorted(removed.items())),
             "eval_sets": per_set,
+            "hash_source": _hash_source(stats),
             "reconciles": n == stats.counts["clean"] + (sum(removed.values()) if cfg.mode == "remove" else 0),
         }
         self.run.write_json("dedup/summary.json", summary)
@@ -277,6 +296,8 @@ class DedupStage(Stage):
         stats.inc("downloaded", n)
         for r, k in removed.items():
             stats.inc(f"flagged_{r}", k)
+        if "note" in summary["hash_source"]:
+            print(f"[dedup] note: {summary['hash_source']['note']}", file=sys.stderr)
         for name, s in per_set.items():
             print(
                 f"[dedup] {name}: {s['eval_images_overlapping']}/{s['eval_hashed']} eval images overlap "
@@ -302,7 +323,10 @@ class DedupStage(Stage):
         extreme = ev.column("extreme_frac").to_numpy(zero_copy_only=False)
         lineart = bool(ev_ok.any() and np.nanmean(extreme[ev_ok]) >= cfg.lineart_min_extreme)
         profile, tau, thr = cfg.thresholds(name, lineart)
-        return ev, SetSearch(name, tau, hashlib.sha256(data).hexdigest()[:16]), profile, thr
+        # line art is not searched through flips and rotations: a mirrored or tilted stroke is another
+        # glyph as often as a copy, and those views multiply MNIST's candidates by 3.6 (BENCHMARKS.md)
+        skip = tuple(v.name for v in views if v.flip or v.angle) if profile == "lineart" else ()
+        return ev, SetSearch(name, tau, hashlib.sha256(data).hexdigest()[:16], skip), profile, thr
 
     def _pool_duplicates(
         self,
@@ -407,6 +431,21 @@ def _status_codes(status: pa.ChunkedArray) -> np.ndarray:
 
 
 _NO_ROWS = np.zeros(0, np.int64)
+
+
+def _hash_source(stats: Stats) -> dict:
+    """How many training samples were hashed from their original (at download) or from the stored
+    image, with a note when any were stored-only: those are compared as the resizer left them."""
+    c = stats.counts
+    out = {"original": int(c.get("hashed_original", 0)), "stored": int(c.get("hashed_stored", 0))}
+    if out["stored"]:
+        out["note"] = (
+            f"{out['stored']:,} samples were hashed from the stored (resized) image: their shards carry no "
+            "original hashes (written by plain img2dataset or with dedup.hash_at_download off, or hashed with "
+            "other dedup settings). Copies that are crops, flips or rotations are found less reliably there, "
+            "and with download.resize_mode=center_crop only the centre square of each eval image lines up."
+        )
+    return out
 
 
 def _empty_overlaps() -> pa.Table:

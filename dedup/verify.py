@@ -132,6 +132,8 @@ def score_view_pairs(
     evals: ThumbStack,
     refine_from: float | None,
     block: int = 65536,
+    overlay: tuple[float, float] | None = None,
+    band: int = 0,
 ) -> np.ndarray:
     """Verification score (:func:`dedup.score.verify_scores`) of every view pair in ``pairs``, a block at a time."""
     n = len(pairs["train_row"])
@@ -140,7 +142,7 @@ def score_view_pairs(
         sl = slice(i, i + block)
         a = train.take(pairs["train_row"][sl], pairs["train_view"][sl])
         b = evals.take(pairs["eval_row"][sl], pairs["eval_view"][sl])
-        out[sl] = verify_scores(a, b, refine_from)
+        out[sl] = verify_scores(a, b, refine_from, overlay=overlay, band=band)
     return out
 
 

@@ -89,7 +89,7 @@ def test_trim_removes_a_uniform_border_and_keeps_plain_content(shared_data):
     assert abs(left - 30) <= 2 and abs(top - 30) <= 2
     assert abs((w - right) - 30) <= 2 and abs((h - bottom) - 30) <= 2
     plain_gray = np.asarray(photo)
-    views = eval_views((), 1, square=False)  # phash, trim
+    views = eval_views((), 1, square=False, flip=False, angles=())  # phash, trim
     t_framed = image_view_thumbs(framed_gray, views, tuple(trim_boxes(framed_gray[None])[0]))
     t_plain = image_view_thumbs(plain_gray, views, tuple(trim_boxes(plain_gray[None])[0]))
     h_framed, h_plain = phash_thumbs(t_framed), phash_thumbs(t_plain)
@@ -116,8 +116,10 @@ def test_batched_trim_equals_one_at_a_time(shared_data):
 def test_eval_views_names_and_boxes():
     views = eval_views((0.95, 0.9), 3)
     names = [v.name for v in views]
-    assert names[:3] == ["phash", "trim", "square"] and len(names) == 3 + 2 * 9
+    assert names[:8] == ["phash", "trim", "square", "flip", "rotp5", "rotp5_inner", "rotm5", "rotm5_inner"]
+    assert len(names) == 8 + 2 * 9
     assert "zoom90_00" in names and "zoom90_22" in names and "zoom95_11" in names
-    assert [v.name for v in eval_views((0.9,), 1, square=False)] == ["phash", "trim", "zoom90"]
+    plain = eval_views((0.9,), 1, square=False, flip=False, angles=())
+    assert [v.name for v in plain] == ["phash", "trim", "zoom90"]
     with pytest.raises(ValueError):
         eval_views((1.2,), 3)

@@ -15,7 +15,7 @@ from dedup.detect import EvalViews, best_view_pair, match_views
 from dedup.hashing import eval_thumbs
 from dedup.phash import phash_thumbs
 from dedup.score import coarse, refined, verify_scores
-from dedup.views import box_thumb, eval_views, train_thumbs
+from dedup.views import TRAIN_VIEWS, box_thumb, eval_views, train_thumbs
 
 
 def _reference_coarse(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,9 +100,8 @@ def test_ten_percent_crop_of_a_real_photo_is_found_and_confirmed(shared_data, co
         buf = io.BytesIO()
         crop.save(buf, "JPEG", quality=95)
         t_grays.append(decode_gray(buf.getvalue(), cfg.decode_min_side)[0])
-    plain, trim, _ = train_thumbs(t_grays, cfg.trim_tolerance)
-    t_thumbs = np.stack([plain, trim], axis=1)
-    train = {"phash": phash_thumbs(plain), "trim": phash_thumbs(trim)}
+    t_thumbs, _ = train_thumbs(t_grays, cfg.trim_tolerance)
+    train = {v.name: phash_thumbs(t_thumbs[:, i]) for i, v in enumerate(TRAIN_VIEWS)}
     evals = {v.name: e_hash[:, i] for i, v in enumerate(views)}
     ok = np.ones(len(files), bool)
     pairs = match_views(train, ok, EvalViews.build(evals, ok, cfg.tau))

@@ -57,6 +57,9 @@ def test_overlaps_are_found_verified_and_removed(dedup_run, shared_data):
 
     summary = run.read_json("dedup/summary.json")
     assert summary["reconciles"] and summary["downloaded"] == sum(len(v) for v in expect.values())
+    # plain img2dataset shards (no original hashes): hashed from the stored image, and said so
+    assert summary["hash_source"]["original"] == 0 and summary["hash_source"]["stored"] == 23
+    assert "no original hashes" in summary["hash_source"]["note"]
     assert summary["removed"] == {"eval_overlap": 6, "exact_dup": 1, "undecodable": 1}
     assert summary["eval_sets"]["cifar10"]["eval_images_overlapping"] == 4
     assert summary["eval_sets"]["cifar10"]["profile"] == "natural"
@@ -203,7 +206,7 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     thumb_markers = [p.rsplit("/", 1)[-1] for p in run.glob("_done/dedup_thumbs/0*")]
     assert sorted(m.split(".")[0] for m in thumb_markers) == sorted({c["shard"] for c in cand})
     keys, stack, meta = load_thumbs(run, cand[0]["shard"])
-    assert cand[0]["key"] in keys and stack.shape[1:] == (2, 32, 32) and stack.dtype == np.uint8
+    assert cand[0]["key"] in keys and stack.shape[1:] == (3, 32, 32) and stack.dtype == np.uint8
     assert len(meta) == len(keys) and all("url" in m for m in meta)
     stamp = (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns
     # the eval search ran as one task per shard (dedup_search), each writing its shard's view pairs
@@ -214,7 +217,9 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     pairs_stamp = (tmp_path / "run/dedup/pairs/00000.parquet").stat().st_mtime_ns
     # decisions: one row group per shard with flagged samples, which is all a clean task reads
     decisions = pq.ParquetFile(run.path("dedup/decisions.parquet"))
-    groups = [decisions.read_row_group(i).column("shard").to_pylist() for i in range(decisions.num_row_groups)]
+    groups = [
+        decisions.read_row_group(i).column("shard").to_pylist() for i in range(decisions.num_row_groups)
+    ]
     assert [set(g) for g in groups] == [{"00000"}, {"00001"}]
 
     # killed after one clean shard: the other shard's output and marker are gone
@@ -224,7 +229,9 @@ def test_clean_shards_are_tasks_redone_only_where_needed(
     run_stage(DedupStage(cfg, run), progress=False)
     assert run.read_bytes("clean/00001.tar") == first["00001"]
     assert (tmp_path / "run/clean/00000.tar").stat().st_mtime_ns == stamp  # not rewritten
-    assert (tmp_path / "run/dedup/pairs/00000.parquet").stat().st_mtime_ns == pairs_stamp  # not searched again
+    assert (
+        tmp_path / "run/dedup/pairs/00000.parquet"
+    ).stat().st_mtime_ns == pairs_stamp  # not searched again
     assert run.read_json("dedup/summary.json")["reconciles"]
 
     # other decisions (report mode keeps every sample) and another tau: every shard is searched
@@ -295,7 +302,9 @@ def test_pool_near_duplicate_is_verified_and_removed(
     assert by_key["000020000"]["dup_of_key"] == expect["clean"][0]
     assert by_key["000020000"]["verify_score"] >= cfg.dedup.pool_verify_threshold
     assert by_key[expect["exact_dup"][0]]["kind"] == "exact"
-    decisions = {d["key"]: d["reason"] for d in pq.read_table(run.path("dedup/decisions.parquet")).to_pylist()}
+    decisions = {
+        d["key"]: d["reason"] for d in pq.read_table(run.path("dedup/decisions.parquet")).to_pylist()
+    }
     assert decisions["000020000"] == "near_dup" and decisions[expect["exact_dup"][0]] == "exact_dup"
     summary = run.read_json("dedup/summary.json")
     assert summary["removed"]["near_dup"] == 1 and summary["reconciles"]
