@@ -166,6 +166,9 @@ def _rows(run: RunDir, pattern: str, sort: list[str]) -> list[dict[str, Any]]:
     import pandas as pd
 
     df = pd.concat(tables, ignore_index=True).sort_values(sort, kind="stable")
+    for col in df.columns:  # binary columns (the shards' orig_thumbs) compared by digest
+        if df[col].map(lambda v: isinstance(v, bytes)).any():
+            df[col] = df[col].map(lambda v: sha256(v).hexdigest() if isinstance(v, bytes) else v)
     return json.loads(df.to_json(orient="records"))
 
 

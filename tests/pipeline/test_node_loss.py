@@ -293,15 +293,24 @@ def test_node_lost_mid_match_finishes_on_the_survivors(nodes, tmp_path):
     vocab.write_text("red bus\ncat\nphoto\nstreet\n")
     cfg = tmp_path / "crawl.yaml"
     cfg.write_text(yaml.safe_dump({"match": {"entries": str(vocab)}, "ray": {"task_retries": 3}}))
-    ref, run_dir = tmp_path / "reference", tmp_path / "run"
-    for d in (ref, run_dir):
-        _match_inputs(d)
+    ref = tmp_path / "reference"
+    _match_inputs(ref)
     proc = _crawl(nodes, cfg, ref, "match")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
 
-    proc = _crawl(nodes, cfg, run_dir, "match")
-    killed, done = _kill_a_worker_node_mid_stage(nodes, run_dir, "match", proc, _a_moment_later(0.3))
+    for attempt in range(3):
+        run_dir = tmp_path / f"run{attempt}"
+        _match_inputs(run_dir)
+        proc = _crawl(nodes, cfg, run_dir, "match")
+        try:
+            killed, done = _kill_a_worker_node_mid_stage(nodes, run_dir, "match", proc, _a_moment_later(0.3))
+            break
+        except AssertionError as exc:
+            # on a busy machine the worker node may get no second task before the stage ends: the
+            # kill had nothing to interrupt, so try again on a fresh run (a kill that lands is asserted)
+            if "ended before a node could be killed" not in str(exc) or attempt == 2:
+                raise
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert done < PARTS
