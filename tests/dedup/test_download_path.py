@@ -5,9 +5,6 @@ paste) are found; shards without those hashes are hashed from the stored image, 
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,37 +12,11 @@ import pytest
 from dedup.original import HASH_COLUMNS, THUMBS_COLUMN
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
+from tests.crawl.http_fixtures import ImageServer
 from tests.dedup.copies import copies
 
 KINDS = ("exact", "crop 10% anywhere", "hflip", "rotate 5 in place", "canvas 70%", "caption")
 
-
-class _Server:
-    """Serves ``files`` (name -> bytes) on 127.0.0.1 from a daemon thread."""
-
-    def __init__(self, files: dict[str, bytes]):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = files.get(self.path.lstrip("/"))
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.port = self.httpd.server_address[1]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
 
 
 @pytest.mark.slow
@@ -70,7 +41,8 @@ def test_download_hashes_originals_and_dedup_finds_copies_the_centre_crop_hides(
     for p in distinct:
         files[f"distinct-{p.name}"] = p.read_bytes()
         rows.append((f"distinct-{p.name}", None, "distinct"))
-    server = _Server(files)
+    server = ImageServer([])  # the copies are served from its /extra/<name> route
+    server.extra.update({name: (data, "image/jpeg", []) for name, data in files.items()})
     try:
         run_dir = tmp_path / "run"
         (run_dir / "curated").mkdir(parents=True)
@@ -78,7 +50,7 @@ def test_download_hashes_originals_and_dedup_finds_copies_the_centre_crop_hides(
             pa.table(
                 {
                     "uid": [r[0] for r in rows],
-                    "url": [f"http://127.0.0.1:{server.port}/{r[0]}" for r in rows],
+                    "url": [server.url(f"/extra/{r[0]}") for r in rows],
                     "text": [f"a photo {r[0]}" for r in rows],
                     "entry_ids": pa.array([[1]] * len(rows), pa.list_(pa.int32())),
                 }
