@@ -29,8 +29,9 @@ from pipeline.stage import Stage
 SAMPLE_PARTS = 64  # parts read for the estimate at most: ~30M rows at 500k rows per part
 
 
-def sample_parts(parts: list[str], k: int = SAMPLE_PARTS) -> list[str]:
-    """``k`` of ``parts`` evenly spaced (all of them if there are no more than ``k``), in order."""
+def sample_parts(parts: list[str], k: int | None = None) -> list[str]:
+    """``k`` (default :data:`SAMPLE_PARTS`) of ``parts`` evenly spaced (all if no more), in order."""
+    k = SAMPLE_PARTS if k is None else k
     if len(parts) <= k:
         return list(parts)
     return [parts[i * len(parts) // k] for i in range(k)]

@@ -212,7 +212,10 @@ def test_match_stage_outputs_reconcile(shared_data, tmp_path, make_config, ray_l
     from crawl.extract import ExtractStage
 
     run_stage(ExtractStage(cfg, run), progress=False)
-    res = run_stage(MatchStage(cfg, run), progress=False)
+    stage = MatchStage(cfg, run)
+    stage.count_fan_in = 2  # 4 parts: the counts are summed by a sub-stage on Ray, then the driver
+    res = run_stage(stage, progress=False)
+    assert len(run.glob("pool/part-*.parquet")) == 4
     st = res.stats.counts
     pool = [r for p in run.glob("pool/part-*.parquet") for r in run.read_parquet(p).to_pylist()]
     matched = [r for p in run.glob("match/part-*.parquet") for r in run.read_parquet(p).to_pylist()]
@@ -230,6 +233,7 @@ def test_match_stage_outputs_reconcile(shared_data, tmp_path, make_config, ray_l
     )
     want = [sum(1 for ids in ref if i in ids) for i in range(len(entries))]
     assert counts.column("count").to_pylist() == want
+    assert run.exists("stats/match.counts1.json") and not run.exists("match/_counts_reduce")
     assert {"uid", "url", "text", "page_url", "source", "entry_ids"} <= set(
         run.read_parquet(run.glob("match/part-*.parquet")[0]).column_names
     )
