@@ -126,7 +126,9 @@ class BalanceStage(Stage):
         parts = self._parts()
         expected, rows, sampled = estimate_keep(self, parts, self._p)
         self._estimate = expected
-        how = "" if sampled == len(parts) else f", from {rows:,} rows of {sampled} of the {len(parts):,} parts"
+        how = (
+            "" if sampled == len(parts) else f", from {rows:,} rows of {sampled} of the {len(parts):,} parts"
+        )
         print(
             f"[balance] t={self.config.balance.t:,}: expected curated size ≈ {expected:,.0f} rows{how}",
             file=sys.stderr,
