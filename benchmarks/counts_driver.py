@@ -23,14 +23,28 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))  # benchmarks/match.py's vocabulary and captions
+REPO = Path(__file__).resolve().parents[1]
+# benchmarks/ off the path (Ray workers get the driver's): its dedup.py would shadow the dedup package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+if not os.environ.get("PYTHONPATH"):  # else the checkout it names is the code measured
+    sys.path.insert(0, str(REPO))
+
+
+def _bench_match():
+    """benchmarks/match.py (its vocabulary and caption data), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_match", REPO / "benchmarks" / "match.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _captions(real: list[str], n: int, seed: int) -> list[str]:
@@ -46,7 +60,7 @@ def _captions(real: list[str], n: int, seed: int) -> list[str]:
 
 def _real_captions() -> list[str]:
     """Every CC3M-val and COCO-val caption (``../shared/data/captions``)."""
-    from match import DATA
+    DATA = _bench_match().DATA
 
     tsv = (DATA / "captions" / "cc3m_val.tsv").read_text(encoding="utf-8")
     caps = [line.split("\t", 1)[0] for line in tsv.splitlines()]
@@ -57,7 +71,6 @@ def _real_captions() -> list[str]:
 def prepare(work: Path, rows: int, rows_per_part: int, entries: int) -> str:
     """The run directory with a pool and its match outputs (built unless ``work`` has this one)."""
     import pyarrow as pa
-    from match import build_vocabulary
 
     from crawl.match import MatchStage
     from crawl.pairs import POOL_SCHEMA
@@ -73,7 +86,7 @@ def prepare(work: Path, rows: int, rows_per_part: int, entries: int) -> str:
         print(f"reusing the pool and match parts in {run_url}", file=sys.stderr)
         return run_url
     t0 = time.perf_counter()
-    vocab = build_vocabulary(entries)
+    vocab = _bench_match().build_vocabulary(entries)
     run.write_parquet(
         "vocab/entries.parquet",
         pa.table(
