@@ -1,6 +1,7 @@
 """Driver CPU of match's and balance's once-per-stage work: count sums and the curated-size estimate.
 
-    python benchmarks/counts_driver.py --rows 1000000 --rows-per-part 20000 [--work DIR] [--t 200]
+    python benchmarks/counts_driver.py --rows 1000000 --rows-per-part 10000 [--work DIR] [--t 200]
+    python benchmarks/counts_driver.py ... --sums-only 10   # the count sums alone, on 10 × the parts
 
 Builds (once, in ``--work``) a pool of real captions recombined (CC3M/COCO, seeded, as
 ``benchmarks/match.py``) against ``benchmarks/match.py``'s 500k-entry vocabulary, runs the match
@@ -180,6 +181,58 @@ def measure(run_url: str, t: int, num_cpus: int) -> dict:
     return out
 
 
+def measure_sums(run_url: str, copies: int, num_cpus: int) -> dict:
+    """Driver CPU of summing ``copies`` × the parts' count files: the old serial loop vs the tree.
+
+    The files are match's own, copied under ``<run>/sums/`` (real per-part sparsity, more parts than
+    this machine can match): ``np.add.at`` per file in the driver (the code before issue 22) against
+    :func:`crawl.count_reduce.reduce_counts` (sub-stages on Ray, then at most ``fan_in`` files here).
+    """
+    import numpy as np
+
+    from crawl import count_reduce
+    from pipeline.config import load_config
+    from pipeline.rundir import RunDir
+    from pipeline.runner import ensure_ray
+    from pipeline.stage import Stage
+
+    run = RunDir(run_url)
+    cfg = load_config(None, [f"ray.num_cpus={num_cpus}"], run_url)
+    ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard, [])
+    parts = run.glob("match/_counts/*.parquet")
+    files = []
+    for c in range(copies):
+        for rel in parts:
+            dst = f"sums/_counts/c{c:03d}-{rel.rsplit('/', 1)[-1]}"
+            if not run.exists(dst):
+                run.write_bytes(dst, run.read_bytes(rel))
+            files.append(dst)
+    size = int(run.read_parquet("match/counts.parquet").num_rows)
+
+    def serial() -> np.ndarray:
+        total = np.zeros(size, np.int64)
+        for rel in files:
+            t = run.read_parquet(rel)
+            np.add.at(total, t.column("entry_id").to_numpy(), t.column("count").to_numpy())
+        return total
+
+    class Sums(Stage):
+        name = "sums"
+
+    got: dict[str, np.ndarray] = {}
+    out = {
+        "files": len(files),
+        "nonzero_per_file": int(np.mean([run.read_parquet(f).num_rows for f in parts])),
+    }
+    out["serial"] = _timed(lambda: got.setdefault("serial", serial()))
+    out["tree"] = _timed(
+        lambda: got.setdefault("tree", count_reduce.reduce_counts(Sums(cfg, run), files, size))
+    )
+    count_reduce.cleanup(run, "sums")
+    out["equal"] = bool(np.array_equal(got["serial"], got["tree"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -188,9 +241,25 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=200, help="balance.t (small, so balancing bites at this size)")
     ap.add_argument("--num-cpus", type=int, default=2, help="the embedded Ray's CPUs")
     ap.add_argument("--work", type=Path, default=None, help="keep the pool here (reused when it matches)")
+    ap.add_argument(
+        "--sums-only",
+        type=int,
+        default=0,
+        metavar="COPIES",
+        help="only time summing COPIES × the parts' count files: the old serial loop vs the tree",
+    )
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="webclip-bench-counts-"))
     run_url = prepare(work, args.rows, args.rows_per_part, args.entries)
+    if args.sums_only:
+        r = measure_sums(run_url, args.sums_only, args.num_cpus)
+        print(json.dumps(r), file=sys.stderr)
+        print(f"\nsumming {r['files']:,} count files ({r['nonzero_per_file']:,} entries each on average)")
+        print(f"{'driver':28}{'CPU s':>9}{'wall s':>9}")
+        for key in ("serial", "tree"):
+            print(f"{key:28}{r[key][0]:>9.2f}{r[key][1]:>9.2f}")
+        print(f"identical totals: {r['equal']}")
+        return
     r = measure(run_url, args.t, args.num_cpus)
     print(json.dumps(r), file=sys.stderr)
     print(f"\n{r['rows']:,} pool rows, {r['matched']:,} matched, {r['parts']} parts, t={args.t:,}")
