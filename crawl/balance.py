@@ -8,8 +8,9 @@ independent per entry, so a row is kept with probability 1 − ∏(1 − pᵢ) (
 output for any number of workers, task split or order.
 
 Before sampling the expected curated size is printed (:mod:`crawl.balance_estimate`: Ray tasks over
-at most 64 match parts, nothing read row by row on the driver); after it the exact kept count, and ``balance/entry_counts.parquet``
-(entry_id, entry, count_before, count_after) and ``balance/longtail.png`` (log-log, before vs after).
+at most 64 match parts; the driver reads no rows). After it: the exact kept count beside that
+estimate, ``balance/entry_counts.parquet`` (entry_id, entry, count_before, count_after; the counts
+after summed by :mod:`crawl.count_reduce`) and ``balance/longtail.png`` (log-log, before vs after).
 """
 
 from __future__ import annotations
@@ -124,7 +125,16 @@ class BalanceStage(Stage):
             )
         self._p = entry_probabilities(self.run.read_parquet(self.run.MATCH_COUNTS), self.config.balance.t)
         parts = self._parts()
-        expected, rows, sampled = estimate_keep(self, parts, self._p)
+        try:
+            expected, rows, sampled = estimate_keep(self, parts, self._p)
+        except Exception as exc:  # only a forecast: an unreadable part fails its balance task, recorded
+            cause = getattr(exc, "cause", None) or exc  # a Ray task's error: the worker's exception
+            print(
+                f"[balance] t={self.config.balance.t:,}: no estimate of the curated size "
+                f"({type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]}); balancing anyway",
+                file=sys.stderr,
+            )
+            return
         self._estimate = expected
         how = (
             "" if sampled == len(parts) else f", from {rows:,} rows of {sampled} of the {len(parts):,} parts"

@@ -12,6 +12,7 @@ import xxhash
 
 from crawl.balance import BalanceStage, entry_table, expected_keep, keep_mask
 from crawl.uid import draw_thresholds, make_uid, pair_uniform, u64_hex, uid_to_u64
+from pipeline.errors import StageFailed
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
 
@@ -251,3 +252,17 @@ def test_estimate_reads_rows_of_sampled_parts_only(make_config, capsys, monkeypa
     stage = BalanceStage(cfg, run)
     stage.check()
     assert stage._estimate == pytest.approx(2 * scaled, rel=1e-12)
+
+
+def test_unreadable_part_skips_the_estimate_and_fails_its_task(make_config, capsys):
+    rows = _rows(300, 20, seed=4)
+    cfg = make_config("balance.t=20", "ray.task_retries=0", run="memory://balance-unreadable")
+    run = RunDir(cfg.run)
+    _write_match(run, rows, 3, shuffle_seed=None)
+    run.write_bytes("match/part-00001.parquet", b"not parquet")
+    stage = BalanceStage(cfg, run)
+    stage.check()  # the forecast is given up, not the check
+    assert "no estimate of the curated size (" in capsys.readouterr().err
+    with pytest.raises(StageFailed) as failed:
+        run_stage(stage, progress=False, checked=True)
+    assert set(failed.value.failures) == {"part-00001"}
