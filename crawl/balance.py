@@ -7,8 +7,10 @@ independent per entry, so a row is kept with probability 1 − ∏(1 − pᵢ) (
 ``balance_sampling``), and the decision depends on nothing but the row and the seed: the same
 output for any number of workers, task split or order.
 
-Before sampling the expected curated size is printed; after it, ``balance/entry_counts.parquet``
-(entry_id, entry, count_before, count_after) and ``balance/longtail.png`` (log-log, before vs after).
+Before sampling the expected curated size is printed (:mod:`crawl.balance_estimate`: Ray tasks over
+at most 64 match parts; the driver reads no rows). After it: the exact kept count beside that
+estimate, ``balance/entry_counts.parquet`` (entry_id, entry, count_before, count_after; the counts
+after summed by :mod:`crawl.count_reduce`) and ``balance/longtail.png`` (log-log, before vs after).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crawl import count_reduce
+from crawl.balance_estimate import estimate_keep
 from crawl.balance_kernel import UNDECIDED, keep_rows
 from crawl.entries import load_entries
 from crawl.uid import HEX_VALUES, draw_thresholds, entry_keys, u64_hex, uid_block, uid_to_u64
@@ -111,6 +115,8 @@ class BalanceStage(Stage):
 
     name = "balance"
     outputs = ("curated", "balance")
+    #: Count files the driver (or one reduce task) sums at most (crawl.count_reduce).
+    count_fan_in: int = count_reduce.FAN_IN
 
     def check(self) -> None:
         if not self.run.exists(self.run.MATCH_COUNTS):
@@ -118,12 +124,23 @@ class BalanceStage(Stage):
                 f"{self.run.full_url(self.run.MATCH_COUNTS)} is missing: run `webclip match` first"
             )
         self._p = entry_probabilities(self.run.read_parquet(self.run.MATCH_COUNTS), self.config.balance.t)
-        expected = sum(
-            expected_keep(self.run.read_parquet(f, columns=["entry_ids"]).column("entry_ids"), self._p)
-            for f in self._parts()
+        parts = self._parts()
+        try:
+            expected, rows, sampled = estimate_keep(self, parts, self._p)
+        except Exception as exc:  # only a forecast: an unreadable part fails its balance task, recorded
+            cause = getattr(exc, "cause", None) or exc  # a Ray task's error: the worker's exception
+            print(
+                f"[balance] t={self.config.balance.t:,}: no estimate of the curated size "
+                f"({type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]}); balancing anyway",
+                file=sys.stderr,
+            )
+            return
+        self._estimate = expected
+        how = (
+            "" if sampled == len(parts) else f", from {rows:,} rows of {sampled} of the {len(parts):,} parts"
         )
         print(
-            f"[balance] t={self.config.balance.t:,}: expected curated size ≈ {expected:,.0f} rows",
+            f"[balance] t={self.config.balance.t:,}: expected curated size ≈ {expected:,.0f} rows{how}",
             file=sys.stderr,
         )
 
@@ -148,6 +165,7 @@ class BalanceStage(Stage):
         return table
 
     def process(self, task: Task, stats: Stats) -> None:
+        count_reduce.invalidate(self.run, self.name)  # part counts change: a leftover reduction is stale
         table = self.run.read_parquet(task.payload)
         keep = keep_mask(table.column("uid"), table.column("entry_ids"), self._entry_table())
         out = table.filter(pa.array(keep))
@@ -161,22 +179,15 @@ class BalanceStage(Stage):
             use_dictionary=[c for c in ("page_url", "source") if c in out.column_names],
         )
         _, kept_ids = _list_parts(out.column("entry_ids"))
-        kc = np.bincount(kept_ids, minlength=0)
-        nz = np.flatnonzero(kc)
         self.run.write_parquet(
-            f"{PART_COUNTS}/{task.id}.parquet",
-            pa.table({"entry_id": nz.astype(np.int32), "count": kc[nz].astype(np.int64)}),
+            f"{PART_COUNTS}/{task.id}.parquet", count_reduce.sparse_counts(np.bincount(kept_ids, minlength=0))
         )
 
     def finalize(self, stats: Stats) -> None:
         before = self.run.read_parquet(self.run.MATCH_COUNTS)
         ids = before.column("entry_id").to_numpy().astype(np.int64)
-        after = np.zeros(int(ids.max(initial=-1)) + 1, np.int64)
-        for t in self.tasks():
-            part = self.run.read_parquet(f"{PART_COUNTS}/{t.id}.parquet")
-            np.add.at(
-                after, part.column("entry_id").to_numpy().astype(np.int64), part.column("count").to_numpy()
-            )
+        files = [f"{PART_COUNTS}/{t.id}.parquet" for t in self.tasks()]
+        after = count_reduce.reduce_counts(self, files, int(ids.max(initial=-1)) + 1, self.count_fan_in)
         names = self._entry_names(ids)
         table = pa.table(
             {
@@ -187,13 +198,16 @@ class BalanceStage(Stage):
             }
         )
         self.run.write_parquet(ENTRY_COUNTS, table)
+        count_reduce.cleanup(self.run, self.name)
         if self.config.balance.plot:
             self.run.write_bytes(LONGTAIL_PNG, longtail_png(table, self.config.balance.t))
         capped = int(pc.sum(pc.greater(table["count_before"], self.config.balance.t)).as_py() or 0)
         stats.inc("entries_over_t", capped)
+        estimate = getattr(self, "_estimate", None)
+        vs = f" (estimated {estimate:,.0f} before)" if estimate is not None else ""
         print(
-            f"[balance] kept {stats.counts['out']:,} of {stats.counts['in']:,} rows; {capped:,} entries had "
-            f"more than t={self.config.balance.t:,} matches",
+            f"[balance] kept {stats.counts['out']:,} of {stats.counts['in']:,} rows{vs}; {capped:,} entries "
+            f"had more than t={self.config.balance.t:,} matches",
             file=sys.stderr,
         )
 

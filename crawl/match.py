@@ -7,10 +7,12 @@ and reused by every task that worker runs. Each task writes
 
 * ``match/<part>.parquet``: the matched rows only — uid, url, text, page_url, source, entry_ids
   (list<int32>, sorted);
-* ``match/_counts/<part>.parquet``: entry_id, count for the part;
+* ``match/_counts/<part>.parquet``: entry_id, count for the part (entries it holds only);
 
 and :meth:`MatchStage.finalize` sums the part counts into ``match/counts.parquet`` (entry_id int32,
-count int64, one row per vocabulary entry, zeros included). Stats: ``in = matched + unmatched``.
+count int64, one row per vocabulary entry, zeros included): as a tree of Ray tasks when there are
+many parts (:mod:`crawl.count_reduce`), so the driver's work does not grow with the part count.
+Stats: ``in = matched + unmatched``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crawl import count_reduce
+from crawl.count_reduce import COUNTS_SCHEMA
 from crawl.entries import load_entries
 from crawl.matcher import Matcher, cached_matcher
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
-COUNTS_SCHEMA = pa.schema([("entry_id", pa.int32()), ("count", pa.int64())])
 PART_COUNTS = "match/_counts"
 
 
@@ -36,6 +39,8 @@ class MatchStage(Stage):
 
     name = "match"
     outputs = ("match",)
+    #: Count files the driver (or one reduce task) sums at most (crawl.count_reduce).
+    count_fan_in: int = count_reduce.FAN_IN
 
     def entries_url(self) -> str:
         """The vocabulary this stage matches: ``match.entries`` or the vocab stage's output."""
@@ -97,6 +102,7 @@ class MatchStage(Stage):
         return cached_matcher(key, build)
 
     def process(self, task: Task, stats: Stats) -> None:
+        count_reduce.invalidate(self.run, self.name)  # part counts change: a leftover reduction is stale
         matcher = self.matcher()
         out_batches: list[pa.Table] = []
         counts: np.ndarray = np.zeros(0, np.int64)
@@ -128,24 +134,17 @@ class MatchStage(Stage):
             out,
             use_dictionary=[c for c in ("page_url", "source") if c in out.column_names],
         )
-        nz = np.flatnonzero(counts)
-        self.run.write_parquet(
-            f"{PART_COUNTS}/{task.id}.parquet",
-            pa.table(
-                {"entry_id": nz.astype(np.int32), "count": counts[nz].astype(np.int64)}, schema=COUNTS_SCHEMA
-            ),
-        )
+        self.run.write_parquet(f"{PART_COUNTS}/{task.id}.parquet", count_reduce.sparse_counts(counts))
 
     # ------------------------------------------------------------------ driver side
     def finalize(self, stats: Stats) -> None:
         ids, _ = self._load()
-        total = np.zeros(max(ids, default=-1) + 1, np.int64)
-        for t in self.tasks():
-            part = self.run.read_parquet(f"{PART_COUNTS}/{t.id}.parquet")
-            np.add.at(total, part.column("entry_id").to_numpy(), part.column("count").to_numpy())
+        files = [f"{PART_COUNTS}/{t.id}.parquet" for t in self.tasks()]
+        total = count_reduce.reduce_counts(self, files, max(ids, default=-1) + 1, self.count_fan_in)
         id_arr = np.asarray(ids, np.int64)
         table = pa.table({"entry_id": id_arr.astype(np.int32), "count": total[id_arr]}, schema=COUNTS_SCHEMA)
         self.run.write_parquet(self.run.MATCH_COUNTS, table)
+        count_reduce.cleanup(self.run, self.name)
         stats.inc("entries_matched", int((total[id_arr] > 0).sum()))
         if stats.counts["in"] != stats.counts["matched"] + stats.counts["unmatched"]:
             raise RuntimeError("match stats do not reconcile: in != matched + unmatched")

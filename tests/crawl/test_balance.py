@@ -12,6 +12,7 @@ import xxhash
 
 from crawl.balance import BalanceStage, entry_table, expected_keep, keep_mask
 from crawl.uid import draw_thresholds, make_uid, pair_uniform, u64_hex, uid_to_u64
+from pipeline.errors import StageFailed
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
 
@@ -68,12 +69,17 @@ def test_same_output_for_any_split_and_order(tmp_path, make_config, ray_local):
         cfg = make_config("balance.t=400", "seed=3", run=url)
         run = RunDir(cfg.run)
         _write_match(run, rows, parts, shuffle)
-        res = run_stage(BalanceStage(cfg, run), progress=False)
+        stage = BalanceStage(cfg, run)
+        stage.count_fan_in = {1: 32, 4: 3, 7: 2}[parts]  # 4 and 7 parts: summed by a tree of sub-stages
+        res = run_stage(stage, progress=False)
         assert res.stats.counts["in"] == len(rows)
         assert res.stats.counts["out"] + res.stats.dropped["balanced_out"] == len(rows)
         outputs.append(_curated(run))
         ec = run.read_parquet("balance/entry_counts.parquet")
         assert ec.column_names == ["entry_id", "entry", "count_before", "count_after"]
+        kept = np.bincount([e for _, ids in outputs[-1] for e in ids], minlength=ec.num_rows)
+        assert ec.column("count_after").to_pylist() == kept.tolist()
+        assert not run.glob("_done/balance.counts*") and not run.exists("balance/_counts_reduce")
         assert run.read_bytes("balance/longtail.png")[:8] == b"\x89PNG\r\n\x1a\n"
     assert outputs[0] == outputs[1] == outputs[2]
     assert 0 < len(outputs[0]) < len(rows)
@@ -202,3 +208,61 @@ def test_uid_to_u64_is_the_first_16_hex_digits_and_hashes_foreign_uids():
     values = np.array([0, 1, 2**64 - 1, *got[:50]], np.uint64)
     digits = [bytes(row).decode() + "0" * 16 for row in u64_hex(values)]
     assert uid_to_u64(pa.array(digits)).tolist() == values.tolist()
+
+
+def test_estimate_reads_rows_of_sampled_parts_only(make_config, capsys, monkeypatch):
+    from crawl import balance_estimate
+    from crawl.balance import entry_probabilities
+
+    rows = _rows(6_000, 60, seed=2)
+    cfg = make_config("balance.t=150", run="memory://balance-estimate")
+    run = RunDir(cfg.run)
+    _write_match(run, rows, 10, shuffle_seed=5)
+    p = entry_probabilities(run.read_parquet("match/counts.parquet"), 150)
+    parts = run.glob("match/part-*.parquet")
+    per_part = {f: expected_keep(run.read_parquet(f).column("entry_ids"), p) for f in parts}
+    exact = sum(per_part.values())
+    assert 0.2 * len(rows) < exact < 0.8 * len(rows)  # a t that balancing bites at
+
+    stage = BalanceStage(cfg, run)
+    stage.check()  # 10 parts, no more than SAMPLE_PARTS: every part, the exact figure
+    assert f"expected curated size ≈ {exact:,.0f} rows\n" in capsys.readouterr().err
+    assert stage._estimate == pytest.approx(exact, rel=1e-12)
+
+    read: list[str] = []
+    real_read = RunDir.read_parquet
+
+    def spy(self, rel, columns=None, filters=None):
+        read.append(rel)
+        return real_read(self, rel, columns, filters)
+
+    monkeypatch.setattr(balance_estimate, "SAMPLE_PARTS", 3)
+    monkeypatch.setattr(RunDir, "read_parquet", spy)
+    stage = BalanceStage(cfg, run)
+    stage.check()
+    sample = [parts[0], parts[3], parts[6]]
+    assert [r for r in read if r.startswith("match/part-")] == sample
+    rows_sampled = sum(run.parquet_rows(f) for f in sample)
+    scaled = sum(per_part[f] for f in sample) * len(rows) / rows_sampled  # matched rows from footers
+    assert stage._estimate == pytest.approx(scaled, rel=1e-12)
+    assert stage._estimate == pytest.approx(exact, rel=0.05)
+    assert f"from {rows_sampled:,} rows of 3 of the 10 parts" in capsys.readouterr().err
+    # match's recorded row count, when there is one, instead of the footers
+    run.write_json("stats/match.json", {"stage": "match", "counts": {"matched": 2 * len(rows)}})
+    stage = BalanceStage(cfg, run)
+    stage.check()
+    assert stage._estimate == pytest.approx(2 * scaled, rel=1e-12)
+
+
+def test_unreadable_part_skips_the_estimate_and_fails_its_task(make_config, capsys):
+    rows = _rows(300, 20, seed=4)
+    cfg = make_config("balance.t=20", "ray.task_retries=0", run="memory://balance-unreadable")
+    run = RunDir(cfg.run)
+    _write_match(run, rows, 3, shuffle_seed=None)
+    run.write_bytes("match/part-00001.parquet", b"not parquet")
+    stage = BalanceStage(cfg, run)
+    stage.check()  # the forecast is given up, not the check
+    assert "no estimate of the curated size (" in capsys.readouterr().err
+    with pytest.raises(StageFailed) as failed:
+        run_stage(stage, progress=False, checked=True)
+    assert set(failed.value.failures) == {"part-00001"}

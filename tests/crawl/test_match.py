@@ -11,6 +11,7 @@ import pytest
 
 from crawl import matcher as matcher_mod
 from crawl.aho_corasick import AhoCorasickEngine
+from crawl.count_reduce import CountMerge
 from crawl.match import MatchStage
 from crawl.matcher import ENGINES, Matcher, reference_match, spacing
 from crawl.spacing import space_batch
@@ -18,6 +19,7 @@ from crawl.token_trie import TokenTrieEngine
 from pipeline.errors import ConfigError
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
+from pipeline.stats import Stats
 
 WORDNET = Path("/usr/share/wordnet")
 
@@ -212,7 +214,10 @@ def test_match_stage_outputs_reconcile(shared_data, tmp_path, make_config, ray_l
     from crawl.extract import ExtractStage
 
     run_stage(ExtractStage(cfg, run), progress=False)
-    res = run_stage(MatchStage(cfg, run), progress=False)
+    stage = MatchStage(cfg, run)
+    stage.count_fan_in = 2  # 4 parts: the counts are summed by a sub-stage on Ray, then the driver
+    res = run_stage(stage, progress=False)
+    assert len(run.glob("pool/part-*.parquet")) == 4
     st = res.stats.counts
     pool = [r for p in run.glob("pool/part-*.parquet") for r in run.read_parquet(p).to_pylist()]
     matched = [r for p in run.glob("match/part-*.parquet") for r in run.read_parquet(p).to_pylist()]
@@ -230,6 +235,7 @@ def test_match_stage_outputs_reconcile(shared_data, tmp_path, make_config, ray_l
     )
     want = [sum(1 for ids in ref if i in ids) for i in range(len(entries))]
     assert counts.column("count").to_pylist() == want
+    assert run.exists("stats/match.counts1.json") and not run.exists("match/_counts_reduce")
     assert {"uid", "url", "text", "page_url", "source", "entry_ids"} <= set(
         run.read_parquet(run.glob("match/part-*.parquet")[0]).column_names
     )
@@ -259,3 +265,47 @@ def test_missing_inputs(tmp_path, make_config):
         MatchStage(cfg, RunDir(cfg.run)).check()
     with pytest.raises(ConfigError, match=r"match\.entries"):
         MatchStage(make_config(f"match.entries={tmp_path}/none.parquet"), RunDir(cfg.run)).validate()
+
+
+def _write_pool(run: RunDir, parts: list[list[str]]) -> None:
+    from crawl.pairs import POOL_SCHEMA
+
+    for k, texts in enumerate(parts):
+        n = len(texts)
+        run.write_parquet(
+            f"pool/part-{k:05d}.parquet",
+            pa.table(
+                {
+                    "uid": [f"{k:016x}{i:016x}" for i in range(n)],
+                    "url": [f"https://x.org/{k}/{i}.jpg" for i in range(n)],
+                    "text": texts,
+                    "page_url": [None] * n,
+                    "source": ["t"] * n,
+                },
+                schema=POOL_SCHEMA,
+            ),
+        )
+
+
+def test_rerun_after_an_interrupted_count_reduction_ignores_its_leftovers(tmp_path, make_config):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("dog\ncat\nred car\n")
+    cfg = make_config(f"match.entries={vocab}", run="memory://match-stale-reduction")
+    run = RunDir(cfg.run)
+    _write_pool(run, [["a dog"], ["a cat", "dog and cat"], ["a red car"], ["dog"], ["cat"]])
+    stage = MatchStage(cfg, run)
+    for task in stage.tasks():
+        stage.process(task, Stats())
+    # A reduction interrupted after its first level (fan-in 2): its markers and sums are left.
+    files = [f"match/_counts/{t.id}.parquet" for t in stage.tasks()]
+    groups = [files[i : i + 2] for i in range(0, len(files), 2)]
+    run_stage(CountMerge(cfg, run, "match.counts1", groups, "match/_counts_reduce/l1"), progress=False)
+    run.write_json("match/_counts_reduce/layout.json", {"files": files, "fan_in": 2})
+    # The pool changes under the same part names; match is rerun with --force.
+    _write_pool(run, [["a dog"], ["a dog", "red car dog"], ["a red car"], ["dog"], ["cat"]])
+    stage = MatchStage(cfg, run)
+    stage.count_fan_in = 2
+    res = run_stage(stage, progress=False, force=True)
+    assert run.read_parquet("match/counts.parquet").column("count").to_pylist() == [4, 1, 2]
+    assert res.stats.counts["matches"] == 7
+    assert not run.glob("_done/match.counts*") and not run.exists("match/_counts_reduce")
