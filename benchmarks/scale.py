@@ -353,15 +353,22 @@ def write_rates(analysis: dict[str, Any], meta: dict[str, Any], path: Path = RAT
         "sizes": meta["sizes"],
     }
     for name, a in analysis.items():
-        rates.setdefault("stages", {})[name] = {
+        entry = {
             "worker_cpu_us_per_row": round(a["worker_cpu_us_per_row"], 4),
             "worker_cpu_fixed_s": round(a["worker_cpu_fixed_s"], 2),
+            "bench_workers": meta["num_cpus"],
             "driver_cpu_us_per_row": round(a["driver_cpu_us_per_row"], 4),
             "driver_cpu_fixed_s": round(a["driver_cpu_fixed_s"], 2),
             "worker_peak_rss_mb": round(a["worker_peak_rss_mb"], 1),
             "driver_peak_rss_mb": round(a["driver_peak_rss_mb"], 1),
+            "driver_rss_mb_per_million_rows": round(a["driver_rss_mb_per_million_rows"], 2),
+            "driver_rss_growth": round(a.get("driver_rss_growth", 0.0), 4),
+            "largest_rows": a["largest_rows"],
             "source": source,
         }
+        if name == "match" and meta.get("pool_bytes_per_row"):
+            entry["pool_bytes_per_row"] = round(meta["pool_bytes_per_row"], 1)
+        rates.setdefault("stages", {})[name] = entry
     path.write_text(json.dumps(rates, indent=2) + "\n")
     print(f"rates written to {path}", file=sys.stderr)
 
@@ -378,6 +385,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "commit": commit + ("+changes" if dirty else ""),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs {mem_gb:.0f} GB, embedded Ray num_cpus={args.num_cpus}",
         "sizes": [size_label(n) for n in args.sizes],
+        "num_cpus": args.num_cpus,
         "entries": args.entries,
         "rows_per_part": args.rows_per_part,
     }
@@ -396,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", help="a JSON this script saved earlier: throughput is compared with it")
     ap.add_argument("--save", help="write the results JSON here (default benchmarks/results/scale-<date>.json)")
     ap.add_argument("--write-rates", action="store_true", help="update benchmarks/rates.json's stage rates")
+    ap.add_argument("--rates-from", metavar="FILE",
+                    help="write the stage rates of a results JSON this script saved, without running anything")
     ap.add_argument("--one", nargs=2, metavar=("STAGE", "RUN"), help=argparse.SUPPRESS)
     ap.add_argument("--dedup-rows", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -418,7 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
+    if args.rates_from:
+        saved = json.loads(Path(args.rates_from).read_text())
+        meta = {k: saved.get(k) for k in ("command", "date", "commit", "machine", "sizes", "pool_bytes_per_row")}
+        meta["num_cpus"] = saved.get("num_cpus") or args.num_cpus
+        write_rates(analyse(saved["results"], None), meta)
+        return 0
+
     meta = _meta(args)
+    pool_bytes: list[float] = []
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="webclip-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -434,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"\n== {label} rows: writing the pool", file=sys.stderr, flush=True)
             write_pool(run_dir, n, args.rows_per_part, args.seed)
+            pool_bytes.append(sum(f.stat().st_size for f in (run_dir / "pool").glob("*.parquet")) / n)
             results[str(n)] = {}
             for name in stages:
                 common = ["--entries", str(args.entries), "--num-cpus", str(args.num_cpus), "--seed", str(args.seed)]
@@ -455,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     analysis = analyse(results, baseline)
+    meta["pool_bytes_per_row"] = sum(pool_bytes) / len(pool_bytes) if pool_bytes else None
     meta["load_average_end"] = os.getloadavg()
     print(f"\nmachine: {meta['machine']}; load average at the end {meta['load_average_end'][0]:.1f} "
           f"(CPU seconds are the comparable figures on a shared machine)\n")
