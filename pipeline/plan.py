@@ -36,6 +36,9 @@ PRICES_SOURCE = (
     "https://aws.amazon.com/ec2/pricing/on-demand/ before budgeting"
 )
 S3_USD_PER_GB_MONTH = 0.023
+#: Bytes fetched per downloaded image: the originals are larger than the 256-px copies kept (the
+#: download benchmark serves COCO photos of ~160 KB); used only to check a node's network.
+ORIGINAL_KB = 160
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,16 @@ class Instance:
     usd_per_hour: float
     gpus: int = 0
     gpu: str | None = None
+    network_gbps: float = 0.0  # AWS's "up to" figure; 0 = unknown
 
 
 INSTANCES: dict[str, Instance] = {
     i.name: i
     for i in (
-        Instance("c7i.16xlarge", cores=64, memory_gb=128, usd_per_hour=2.856),
-        Instance("m7i.16xlarge", cores=64, memory_gb=256, usd_per_hour=3.2256),
-        Instance("p5.48xlarge", cores=192, memory_gb=2048, usd_per_hour=55.04, gpus=8, gpu="NVIDIA H100"),
+        Instance("c7i.16xlarge", cores=64, memory_gb=128, usd_per_hour=2.856, network_gbps=25),
+        Instance("m7i.16xlarge", cores=64, memory_gb=256, usd_per_hour=3.2256, network_gbps=25),
+        Instance("p5.48xlarge", cores=192, memory_gb=2048, usd_per_hour=55.04, gpus=8, gpu="NVIDIA H100",
+                 network_gbps=3200),
         # the machine the project's CPU rates were measured on: for checking the plan against them
         Instance("bench-vm", cores=2, memory_gb=24, usd_per_hour=0.0),
     )
@@ -347,6 +352,7 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
         "1 vCPU = 1 core of the benchmark VM; stages run one after another, each using every CPU node",
         "data-parallel training scales linearly with GPUs" + gpu_note,
         f"eval once after training on {sum(inputs.eval_sizes):,} images",
+        _network_assumption(rates.get("download"), shape),
         "the driver's CPU is serial and adds to each stage's wall time; its memory is the measured peak "
         "(grown at its measured slope past the largest benchmark size)",
         f"prices: {PRICES_SOURCE}",
@@ -354,6 +360,18 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
         "kept one month",
     ]
     return Plan(inputs, lines, storage_gb, storage_gb * S3_USD_PER_GB_MONTH, assumptions, sources)
+
+
+def _network_assumption(rate: dict[str, Any] | None, shape: Cluster) -> str:
+    """Download is measured CPU-bound on loopback; whether a node's network keeps up at that rate."""
+    if rate is None:
+        return "download: no rate, so no network check"
+    gbps = float(rate["images_per_s_per_core"]) * shape.cpu.cores * ORIGINAL_KB * 8e3 / 1e9
+    have = shape.cpu.network_gbps
+    verdict = (f"within its {have:g} Gbit/s" if gbps <= have else f"MORE than its {have:g} Gbit/s: download "
+               "is network-bound there, slower than planned") if have else "network of this node type unknown"
+    return (f"download is CPU-bound as measured on loopback: {float(rate['images_per_s_per_core']):g} images/s "
+            f"per core × {ORIGINAL_KB} KB originals = {gbps:.1f} Gbit/s per {shape.cpu_instance}, {verdict}")
 
 
 def _download_line(rate: dict[str, Any] | None, n: int, cores: int, cpu_price: float, shape: Cluster) -> StagePlan:
