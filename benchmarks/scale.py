@@ -276,14 +276,12 @@ def analyse(results: dict[str, dict[str, dict[str, Any]]], baseline: dict[str, A
 
 
 def _baseline_point(baseline: dict[str, Any], name: str, n: int) -> float | None:
-    """The baseline's CPU µs/row for ``name`` at the size nearest ``n`` (log scale)."""
-    import math
+    """The baseline's CPU µs/row for ``name`` at ``n`` rows, or None if it did not run that size.
 
-    points = [(int(s), st[name]) for s, st in baseline.get("results", {}).items() if st.get(name)]
-    if not points:
-        return None
-    _, r = min(points, key=lambda p: abs(math.log(p[0] / n)))
-    return per_row_us(r)
+    Only the same size compares: at small sizes the fixed costs (matcher build) weigh more per row.
+    """
+    r = baseline.get("results", {}).get(str(n), {}).get(name)
+    return per_row_us(r) if r else None
 
 
 def report(results: dict[str, dict[str, dict[str, Any]]], analysis: dict[str, Any], pending: list[str]) -> str:
@@ -333,7 +331,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]], analysis: dict[str, An
             verdict.append(f"CPU per row {a['throughput_ratio']:.2f}x the baseline's speed "
                            f"({'met' if a['throughput_ok'] else 'NOT met'})")
         else:
-            verdict.append("no baseline given (--baseline)")
+            verdict.append("no baseline at this size (--baseline)")
         lines.append(f"  {name:<8} " + "; ".join(verdict))
     for name in pending:
         lines.append(f"  {name:<8} pending: benchmarks/scale_dedup.py is not here yet (no figure made up)")
@@ -403,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="folder for the runs (default: a temporary folder, removed after)")
     ap.add_argument("--baseline", help="a JSON this script saved earlier: throughput is compared with it")
     ap.add_argument("--save", help="write the results JSON here (default benchmarks/results/scale-<date>.json)")
-    ap.add_argument("--write-rates", action="store_true", help="update benchmarks/rates.json's stage rates")
+    ap.add_argument("--write-rates", action="store_true", help="update the rates file's stage rates")
+    ap.add_argument("--rates-file", default=str(RATES), help="the rates file --write-rates updates")
     ap.add_argument("--rates-from", metavar="FILE",
                     help="write the stage rates of a results JSON this script saved, without running anything")
     ap.add_argument("--one", nargs=2, metavar=("STAGE", "RUN"), help=argparse.SUPPRESS)
@@ -432,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(args.rates_from).read_text())
         meta = {k: saved.get(k) for k in ("command", "date", "commit", "machine", "sizes", "pool_bytes_per_row")}
         meta["num_cpus"] = saved.get("num_cpus") or args.num_cpus
-        write_rates(analyse(saved["results"], None), meta)
+        write_rates(analyse(saved["results"], None), meta, Path(args.rates_file))
         return 0
 
     meta = _meta(args)
@@ -484,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({**meta, "results": results, "analysis": analysis, "pending": pending}, indent=2) + "\n")
     print(f"\nresults saved to {out}")
     if args.write_rates:
-        write_rates(analysis, meta)
+        write_rates(analysis, meta, Path(args.rates_file))
     return 0
 
 
