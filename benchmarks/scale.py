@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -195,7 +196,7 @@ def measure_stage(name: str, run_url: str, overrides: list[str]) -> dict[str, An
     }
 
 
-def measure_dedup(n_rows: int, work: Path, seed: int) -> dict[str, Any] | None:
+def measure_dedup(n_rows: int, work: Path, seed: int, num_cpus: int | None = None) -> dict[str, Any] | None:
     """``benchmarks/scale_dedup.py``'s ``measure`` in this process, or None while it does not exist."""
     path = ROOT / "benchmarks" / "scale_dedup.py"
     if not path.exists():
@@ -203,7 +204,8 @@ def measure_dedup(n_rows: int, work: Path, seed: int) -> dict[str, Any] | None:
     spec = importlib.util.spec_from_file_location("scale_dedup", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.measure(n_rows, str(work), seed=seed))
+    extra = {"cpus": num_cpus} if "cpus" in inspect.signature(module.measure).parameters else {}
+    return dict(module.measure(n_rows, work, seed=seed, **extra))
 
 
 def _in_subprocess(args: list[str]) -> dict[str, Any] | None:
@@ -216,6 +218,12 @@ def _in_subprocess(args: list[str]) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------- analysis
+def task_count(r: dict[str, Any]) -> int:
+    """A stage's task count; dedup reports one per sub-stage (a dict), summed here."""
+    tasks = r.get("tasks", 0)
+    return sum(tasks.values()) if isinstance(tasks, dict) else int(tasks)
+
+
 def per_row_us(r: dict[str, Any]) -> float:
     """µs of CPU (workers + driver) per row: one core's time per row, whatever the core count."""
     return (r["worker_cpu_s"] + r["driver_cpu_s"]) / max(r["rows"], 1) * 1e6
@@ -290,22 +298,23 @@ def report(results: dict[str, dict[str, dict[str, Any]]], analysis: dict[str, An
         f"{'size':>6} {'stage':<8}{'rows':>12}{'tasks':>6}{'wall s':>9}{'worker CPU s':>14}{'driver CPU s':>14}"
         f"{'drv/wrk':>9}{'worker RSS MB':>15}{'driver RSS MB':>15}{'us/row/core':>13}"
     ]
+    shown = [n for n in STAGES if n in pending or any(n in by_stage for by_stage in results.values())]
     for s in sorted(results, key=int):
-        for name in STAGES:
+        for name in shown:
             r = results[s].get(name)
             if r is None:
                 lines.append(f"{size_label(int(s)):>6} {name:<8}  pending: benchmarks/scale_dedup.py is not here yet")
                 continue
             if name not in ROW_STAGES:  # the vocabulary alone, on the driver: no rows, no workers
                 lines.append(
-                    f"{size_label(int(s)):>6} {name:<8}{'-':>12}{r.get('tasks', 0):>6}{r['wall_s']:>9.1f}"
+                    f"{size_label(int(s)):>6} {name:<8}{'-':>12}{task_count(r):>6}{r['wall_s']:>9.1f}"
                     f"{r['worker_cpu_s']:>14.1f}{r['driver_cpu_s']:>14.2f}{'-':>9}"
                     f"{r['worker_peak_rss_mb']:>15,.0f}{r['driver_peak_rss_mb']:>15,.0f}{'-':>13}"
                 )
                 continue
             share = r["driver_cpu_s"] / r["worker_cpu_s"] if r["worker_cpu_s"] else float("inf")
             lines.append(
-                f"{size_label(int(s)):>6} {name:<8}{r['rows']:>12,}{r.get('tasks', 0):>6}{r['wall_s']:>9.1f}"
+                f"{size_label(int(s)):>6} {name:<8}{r['rows']:>12,}{task_count(r):>6}{r['wall_s']:>9.1f}"
                 f"{r['worker_cpu_s']:>14.1f}{r['driver_cpu_s']:>14.2f}{share:>9.1%}"
                 f"{r['worker_peak_rss_mb']:>15,.0f}{r['driver_peak_rss_mb']:>15,.0f}{per_row_us(r):>13.2f}"
             )
@@ -420,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:  # the child process: one stage, one size
         name, run_url = args.one
         if name == "dedup":
-            result = measure_dedup(args.dedup_rows, Path(run_url), args.seed)
+            result = measure_dedup(args.dedup_rows, Path(run_url), args.seed, args.num_cpus)
         else:
             vocab = vocabulary_file(Path(run_url).parent, args.entries)
             result = measure_stage(name, run_url, stage_overrides(vocab, args.entries, args.num_cpus))
