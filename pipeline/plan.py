@@ -431,7 +431,7 @@ def _source_line(name: str, rate: dict[str, Any]) -> str:
 def _h(hours: float) -> str:
     if hours == 0:
         return "-"
-    return f"{hours:,.1f}" if hours >= 1 else f"{hours:.3f}"
+    return f"{hours:,.1f}" if hours >= 1 else f"{hours:.2g}"  # two significant figures below an hour
 
 
 def _mb(mb: float) -> str:
@@ -455,7 +455,7 @@ def render(plan: Plan) -> str:
             out.append(f"{s.stage:<9}{s.rows:>16,}   {s.note}")
             continue
         out.append(
-            f"{s.stage:<9}{s.rows:>16,}{_h(s.core_hours):>11}{_h(s.gpu_hours):>10}{_h(s.driver_hours):>10}"
+            f"{s.stage:<9}{(f'{s.rows:,}' if s.rows else '-'):>16}{_h(s.core_hours):>11}{_h(s.gpu_hours):>10}{_h(s.driver_hours):>10}"
             f"{_mb(s.task_mb):>9}{_mb(s.driver_mb):>10}{_h(s.wall_hours):>9}{s.usd:>11,.0f}"
             + (f"  {s.note}" if s.note else "")
         )
