@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py [--sizes 1M,5M,20M] [--entries 500000] [--rows-per-part 250000]
                                [--num-cpus 2] [--baseline FILE] [--save FILE] [--write-rates]
+    python benchmarks/scale.py --rates-from benchmarks/results/scale-….json   # rates from a saved run
 
 Data: a 500k-entry vocabulary (WordNet heads, wordfreq words, Web 1T bigrams: ``benchmarks/match.py``'s
 ``build_vocabulary``) given to the vocab stage as a user list (``vocab.sources=[file]``), and pool
@@ -18,6 +19,9 @@ per row per core. Then it fits, per stage, time and memory against N (least squa
 checks the targets of issue 22 at the largest size: driver CPU ≤ 5 % of worker CPU; driver peak RSS
 within ±10 % from the smallest to the largest size; CPU per row per core no worse than ``--baseline``
 (a JSON this script saved earlier; 10 % tolerance for a shared machine).
+
+``--write-rates`` (or ``--rates-from`` a saved results file) puts the fits, with their source, in
+``benchmarks/rates.json``'s ``stages``, which ``webclip plan`` reads; the file's other rates are kept.
 
 Dedup is measured by ``benchmarks/scale_dedup.py`` (``measure(n_rows, work_dir, seed) -> dict``) when
 that module exists; otherwise the dedup row says it is pending and no figure is made up.

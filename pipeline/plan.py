@@ -121,7 +121,6 @@ class PlanInputs:
     match_rate: float = 0.5
     download_success: float = 0.7
     dedup_keep: float = 0.95
-    rows_per_task: int = 250_000
 
 
 @dataclass
@@ -282,8 +281,12 @@ def row_stage_cpu(rate: dict[str, Any], rows: int, cores: int) -> tuple[float, f
     return max(worker, 0.0), max(driver, 0.0)
 
 
-def _tasks(rows: int, rows_per_task: int = 250_000) -> int:
-    return max(1, math.ceil(rows / rows_per_task))
+#: Rows per task, as in the scale benchmark's pool parts: it only decides how many workers pay the fixed cost.
+ROWS_PER_TASK = 250_000
+
+
+def _tasks(rows: int) -> int:
+    return max(1, math.ceil(rows / ROWS_PER_TASK))
 
 
 def _driver_mb(rate: dict[str, Any], rows: int) -> float:
