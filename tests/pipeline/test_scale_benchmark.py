@@ -46,6 +46,7 @@ def test_sizes_parse_and_bad_sizes_are_refused():
             scale.parse_size(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "captions").is_dir(), reason="needs ../shared/data")
 def test_a_tiny_run_end_to_end_writes_results_and_rates(tmp_path):
     """vocab → match → balance at 20k rows (5,000 entries), each stage in its own process (about a
