@@ -154,7 +154,40 @@ def build_parser() -> argparse.ArgumentParser:
     p_status.add_argument("run", help="run directory URL")
     p_cfg = sub.add_parser("config", help="print the resolved configuration")
     _add_config_args(p_cfg)
+    _add_plan_args(sub.add_parser("plan", help="core-hours, GPU-hours, memory, storage and cost of a run at scale"))
     return parser
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.plan import CLUSTERS
+
+    p.add_argument("--pairs", required=True, help="curated image-text pairs wanted after dedup, e.g. 400M")
+    p.add_argument("--candidates", required=True, help="candidate (image URL, alt text) rows extracted, e.g. 5B")
+    p.add_argument("--eval", default="", help="eval-set sizes in images, comma-separated, e.g. 50k,10k,10k")
+    p.add_argument("--model", default="ViT-B-16", help="a model with a training rate in the rates file")
+    p.add_argument("--steps", required=True, help="training steps, e.g. 390625")
+    p.add_argument("--batch", required=True, help="global batch size, e.g. 32768")
+    p.add_argument("--cluster", default="aws-clip", help=f"cluster shape: {', '.join(CLUSTERS)}")
+    p.add_argument("--cpu-nodes", type=int, help="override the shape's CPU node count")
+    p.add_argument("--gpu-nodes", type=int, help="override the shape's GPU node count")
+    p.add_argument("--match-rate", type=float, default=0.5, help="fraction of candidates that match the vocabulary")
+    p.add_argument("--download-success", type=float, default=0.7, help="fraction of downloads that succeed")
+    p.add_argument("--dedup-keep", type=float, default=0.95, help="fraction of downloaded samples dedup keeps")
+    p.add_argument("--rates", help="rates file (default benchmarks/rates.json)")
+
+
+def plan(args: argparse.Namespace) -> str:
+    """The printed capacity plan for ``webclip plan``'s arguments (ConfigError on bad input)."""
+    from pipeline.plan import load_rates, make_inputs, make_plan, render
+
+    rates = load_rates(args.rates)
+    inputs = make_inputs(
+        pairs=args.pairs, candidates=args.candidates, eval_sizes=args.eval, model=args.model, steps=args.steps,
+        batch=args.batch, cluster=args.cluster, rates=rates, match_rate=args.match_rate,
+        download_success=args.download_success, dedup_keep=args.dedup_keep, cpu_nodes=args.cpu_nodes,
+        gpu_nodes=args.gpu_nodes,
+    )
+    return render(make_plan(inputs, rates))
 
 
 def status(url: str) -> str:
@@ -198,6 +231,8 @@ def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
         counts = " ".join(f"{k}={v:,}" for k, v in stats.get("counts", {}).items())
         dropped = sum(stats.get("dropped", {}).values())
         line += f" {counts} dropped={dropped:,} wall={stats.get('wall_seconds', 0):.1f}s"
+        if stats.get("cpu_seconds"):  # absent from stats written before tasks recorded their CPU and memory
+            line += f" task_cpu={stats['cpu_seconds']:.1f}s worker_peak={stats.get('peak_rss_mb', 0):,.0f}MB"
     if summary:
         line += " " + " ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in summary.items())
         line += f" (by its own entry point: {outside})"
@@ -235,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "status":
         print(status(args.run))
+        return 0
+    if args.command == "plan":
+        print(plan(args))
         return 0
     config = load_config(args.config, args.overrides, args.run)
     if args.command == "config":

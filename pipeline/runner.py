@@ -60,10 +60,11 @@ def execute_task(stage: Stage, task: Task, parent: int | None = None, node: str 
     away (e.g. downloads from a server that died with the driver) is redone by the next run instead
     of being marked done.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     stats = Stats()
     stage.process(task, stats)
     stats.seconds = time.perf_counter() - start
+    stats.record_usage(cpu_start)
     if parent is not None and os.getppid() != parent:
         raise NodeLost(f"task {task.id}: the Ray node died while it ran; not marking it done")
     payload = {"task": task.id, "stats": stats.to_dict(), "host": os.uname().nodename}

@@ -70,6 +70,9 @@ TESTS = {
         "tests/eval/test_trained_model.py::test_python_m_eval_command_line",
         '"--set", "eval.tasks=[zeroshot]"'),  # its config names the trained model.pt as eval.checkpoint
     "bash scripts/test.sh": ("CI", ""),  # it is what CI runs: lint and this suite
+    "webclip plan --pairs 400M --candidates 5B --eval 50k,10k,10k --model ViT-B-16 --steps 390625 "
+    "--batch 32768 --cluster aws-clip": (
+        "tests/pipeline/test_plan.py::test_readme_example_runs_through_the_cli", "readme_plan()"),
 }
 
 #: Not run, and why. Their repository paths and `--set` overrides are still checked below.
