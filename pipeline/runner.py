@@ -249,7 +249,8 @@ def _run_on_ray(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str
     custom = sorted({name for res in cfg.stage_resources.values() for name in res})
     where = ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard, custom)
     window = _Window(cfg.max_in_flight, cfg.cpus_per_task)
-    print(f"[{stage.name}] {where}; at most {window.size()} task(s) in flight", file=sys.stderr)
+    limit = f", at most {window.size():,} in flight" if len(todo) > window.size() else ""
+    print(f"[{stage.name}] {where}; {len(todo):,} task(s){limit}", file=sys.stderr)
     options = task_options(stage)
     if options.get("resources"):
         _warn_missing_resources(stage, options["resources"])
