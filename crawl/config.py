@@ -179,6 +179,14 @@ class ExtractConfig(Section):
         description="cross-file duplicate removal hash-partitions the pool's uids into buckets of about this "
         "many (one Ray task holds a bucket: ~100 bytes per uid at peak)",
     )
+    dedup_fan_in: int = Field(
+        32,
+        ge=2,
+        le=1024,
+        description="the duplicate removal's shuffle merges its per-group uid files (and per-bucket drop files) "
+        "this many at a time until at most this many are left, so a bucket task opens at most this many files "
+        "instead of one per group: about fan_in x (groups + buckets) opens in all, not groups x buckets",
+    )
 
 
 class MatchConfig(Section):

@@ -105,14 +105,15 @@ class ExtractStage(Stage):
         buckets, groups = pool_dedup.layout(
             stats.counts["out"], len(parts), self.config.extract.dedup_bucket_rows
         )
-        shape = {"parts": parts, "buckets": buckets, "groups": groups}
+        fan_in = self.config.extract.dedup_fan_in
+        shape = {"parts": parts, "buckets": buckets, "groups": groups, "fan_in": fan_in}
         shape_file = f"{pool_dedup.DEDUP_DIR}/layout.json"
         if self.run.exists(shape_file) and self.run.read_json(shape_file) != shape:
             pool_dedup.invalidate(self.run)  # a shuffle of another layout was interrupted: start over
         self.run.write_json(shape_file, shape)
         removed = 0
-        for sub in (pool_dedup.UidMap, pool_dedup.DuplicateReduce, pool_dedup.DuplicateApply):
-            result = run_stage(sub(self.config, self.run, parts, buckets, groups), progress=False)
+        for sub in pool_dedup.stages(self.config, self.run, parts, buckets, groups, fan_in):
+            result = run_stage(sub, progress=False)
             removed += result.stats.dropped["duplicate"]
         self.run.remove(pool_dedup.DEDUP_DIR, recursive=True)  # uids of the whole pool: large
         if removed:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 # Each stage package owns its section's schema; these modules hold only pydantic models.
 from crawl.config import BalanceConfig, DownloadConfig, ExtractConfig, MatchConfig, VocabConfig
@@ -40,12 +40,30 @@ class RayConfig(Section):
     task_retries: int = Field(2, ge=0, le=20, description="retries of a task that raises or whose worker dies")
     cpus_per_task: float = Field(1.0, gt=0, le=64)
     include_dashboard: bool = False
+    max_in_flight: int | None = Field(
+        None,
+        description="most tasks of a stage submitted to Ray at once; more are submitted as these finish, so "
+        "the driver's work per finished task does not grow with the stage's size. None: 4 per task slot of "
+        "the cluster (its CPUs / cpus_per_task, looked up again as nodes join), at least 256 so an "
+        "autoscaling cluster sees enough pending tasks to grow",
+    )
     stage_resources: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {"download": {"download": 1.0}},
         description="custom Ray resources each task of a stage requests, by stage: the download stage asks "
         "for one unit of `download`, which only download workers declare (infra/ray/cluster.yaml), so the "
         "head's CPUs never run shards; the embedded Ray declares one per CPU. {} for a stage: any node",
     )
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _max_in_flight_positive(cls, value: int | None) -> int | None:
+        # A custom check (not ge=1) so the message says what the key does and how to get the default.
+        if value is not None and value < 1:
+            raise ValueError(
+                "at least 1 task must be in flight; set a positive number, or null for the default "
+                "(4 per task slot of the cluster, at least 256)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _stage_resources_name_stages(self) -> RayConfig:

@@ -199,22 +199,82 @@ def _run_inline(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str
     return results, failures
 
 
+#: The default window is this many tasks per task slot of the cluster (its CPUs / ``ray.cpus_per_task``):
+#: enough queued behind every slot that none idles while the driver handles a completion.
+WINDOW_PER_SLOT = 4
+#: ...and never fewer than this many: an autoscaling cluster sizes itself by the tasks it sees pending, so
+#: a window sized by a head-only cluster (4 CPUs, no download workers yet) would hold it at one worker.
+#: 256 pending one-CPU tasks ask for 16 sixteen-CPU workers at once; the window grows as they join.
+MIN_WINDOW = 256
+#: Seconds between two looks at the cluster's size for the default window (nodes join and leave).
+WINDOW_REFRESH_SECONDS = 10.0
+
+
+def default_window(cluster_cpus: float, cpus_per_task: float) -> int:
+    """The default number of a stage's tasks in flight at once: ``WINDOW_PER_SLOT`` per task slot of the
+    cluster, at least ``MIN_WINDOW``."""
+    slots = int(cluster_cpus // cpus_per_task) if cpus_per_task > 0 else 0
+    return max(MIN_WINDOW, WINDOW_PER_SLOT * slots)
+
+
+class _Window:
+    """How many tasks may be in flight: ``ray.max_in_flight``, or :func:`default_window` of the cluster's
+    size as it is now (looked up at most every ``WINDOW_REFRESH_SECONDS``)."""
+
+    def __init__(self, fixed: int | None, cpus_per_task: float):
+        self.fixed, self.cpus_per_task = fixed, cpus_per_task
+        self._size, self._checked = 0, -WINDOW_REFRESH_SECONDS
+
+    def size(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        now = time.monotonic()
+        if now - self._checked >= WINDOW_REFRESH_SECONDS:
+            import ray
+
+            self._checked = now
+            self._size = default_window(ray.cluster_resources().get("CPU", 0), self.cpus_per_task)
+        return self._size
+
+
 def _run_on_ray(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Run ``todo`` on Ray with at most a window of tasks in flight (``ray.max_in_flight``).
+
+    Tasks are submitted in order as earlier ones finish. The driver's work per completion is independent
+    of ``len(todo)``: each round blocks in ``ray.wait`` for one finished task, then takes every other one
+    already finished with a second, non-blocking ``ray.wait``, both over the window only.
+    """
     import ray
 
     cfg = stage.config.ray
     custom = sorted({name for res in cfg.stage_resources.values() for name in res})
     where = ensure_ray(cfg.address, cfg.num_cpus, cfg.include_dashboard, custom)
-    print(f"[{stage.name}] {where}", file=sys.stderr)
+    window = _Window(cfg.max_in_flight, cfg.cpus_per_task)
+    limit = f", at most {window.size():,} in flight" if len(todo) > window.size() else ""
+    print(f"[{stage.name}] {where}; {len(todo):,} task(s){limit}", file=sys.stderr)
     options = task_options(stage)
     if options.get("resources"):
         _warn_missing_resources(stage, options["resources"])
     remote = ray.remote(_remote_execute).options(**options)
     stage_ref = ray.put(stage)
-    pending = {remote.remote(stage_ref, task): task for task in todo}
+    queue = iter(todo)
+    pending: dict[Any, Task] = {}
     results, failures = [], {}
+
+    def refill() -> None:
+        for _ in range(window.size() - len(pending)):
+            task = next(queue, None)
+            if task is None:
+                return
+            pending[remote.remote(stage_ref, task)] = task
+
+    refill()
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=None)
+        refs = list(pending)  # the window, not the stage: O(window) per round
+        ready, _ = ray.wait(refs, num_returns=1, timeout=None)
+        if len(refs) > 1:  # and whatever else finished meanwhile, without waiting
+            more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            ready = more if more else ready
         for ref in ready:
             task = pending.pop(ref)
             try:
@@ -223,16 +283,28 @@ def _run_on_ray(stage: Stage, todo: list[Task], bar: Any) -> tuple[list[dict[str
                 cause = getattr(exc, "cause", None) or exc
                 failures[task.id] = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1][:500]}"
             bar.update(1)
-            bar.set_postfix(failed=len(failures))
+        bar.set_postfix(failed=len(failures))
+        refill()
     return results, failures
 
 
-def merged_task_stats(run: RunDir, stage: str, task_ids: list[str]) -> Stats:
-    """Sum the stats recorded in the completion markers of ``task_ids``."""
+def merged_task_stats(
+    run: RunDir, stage: str, task_ids: list[str], known: dict[str, dict[str, Any]] | None = None
+) -> Stats:
+    """Sum the stats recorded in the completion markers of ``task_ids``.
+
+    ``known``: marker payloads already at hand by task id (what this run's tasks returned); only the
+    other markers are read, in bulk (:meth:`~pipeline.rundir.RunDir.read_markers`).
+    """
+    known = known or {}
+    wanted = set(task_ids)
+    payloads = {t: p for t, p in known.items() if t in wanted}
+    rest = wanted - set(payloads)
+    if rest:
+        payloads.update(run.read_markers(stage, rest))
     total = Stats()
-    for task_id in task_ids:
-        if run.is_done(stage, task_id):
-            total.merge(Stats.from_dict(run.read_marker(stage, task_id)["stats"]))
+    for task_id in sorted(payloads):  # a fixed order: float seconds sum the same way every time
+        total.merge(Stats.from_dict(payloads[task_id]["stats"]))
     return total
 
 
@@ -271,12 +343,12 @@ def run_stage(stage: Stage, *, progress: bool = True, force: bool = False, check
     bar = progress_bar(len(tasks), len(tasks) - len(todo), f"[{name}] tasks", "task", disable=not progress)
     if todo:
         runner = _run_inline if inline else _run_on_ray
-        _, failures = runner(stage, todo, bar)
+        results, failures = runner(stage, todo, bar)
     else:
-        failures = {}
+        results, failures = [], {}
     bar.close()
 
-    stats = merged_task_stats(run, name, ids)
+    stats = merged_task_stats(run, name, ids, {r["task"]: r for r in results})
     result = StageResult(name, stats, len(tasks), len(tasks) - len(todo), failures=failures)
     if failures:
         for task_id, error in failures.items():

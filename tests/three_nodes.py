@@ -15,8 +15,15 @@ after every change; each command is answered with one line on stdout.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -32,6 +39,11 @@ def main() -> None:
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
+            # Ray gives a head's dashboard agent the fixed port 52365 (worker nodes of a Cluster get a free
+            # one). Any other Ray on this machine holds it already — the test session's embedded Ray does —
+            # and a head whose agent cannot bind it has no job agent: `ray job submit` then answers "No
+            # available agent" for as long as the cluster lives.
+            "dashboard_agent_listen_port": _free_port(),
         },
     )
     workers = {}
