@@ -173,6 +173,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match-rate", type=float, default=0.5, help="fraction of candidates that match the vocabulary")
     p.add_argument("--download-success", type=float, default=0.7, help="fraction of downloads that succeed")
     p.add_argument("--dedup-keep", type=float, default=0.95, help="fraction of downloaded samples dedup keeps")
+    p.add_argument("--pairs-per-page", type=float,
+                   help="candidate pairs per crawled HTML page (default: measured on real pages with extract's rate)")
     p.add_argument("--rates", help="rates file (default benchmarks/rates.json)")
 
 
@@ -185,7 +187,7 @@ def plan(args: argparse.Namespace) -> str:
         pairs=args.pairs, candidates=args.candidates, eval_sizes=args.eval, model=args.model, steps=args.steps,
         batch=args.batch, cluster=args.cluster, rates=rates, match_rate=args.match_rate,
         download_success=args.download_success, dedup_keep=args.dedup_keep, cpu_nodes=args.cpu_nodes,
-        gpu_nodes=args.gpu_nodes,
+        gpu_nodes=args.gpu_nodes, pairs_per_page=args.pairs_per_page,
     )
     return render(make_plan(inputs, rates))
 

@@ -121,6 +121,8 @@ class PlanInputs:
     match_rate: float = 0.5
     download_success: float = 0.7
     dedup_keep: float = 0.95
+    #: Candidate pairs per crawled HTML page: extract's rate is per page (None: no extract rate to use).
+    pairs_per_page: float | None = None
 
 
 @dataclass
@@ -215,6 +217,7 @@ def make_inputs(
     dedup_keep: float = 0.95,
     cpu_nodes: int | None = None,
     gpu_nodes: int | None = None,
+    pairs_per_page: float | None = None,
 ) -> PlanInputs:
     """Validate the command line's values into :class:`PlanInputs` (ConfigError naming the option)."""
     if cluster not in CLUSTERS:
@@ -239,6 +242,7 @@ def make_inputs(
         match_rate=_fraction(match_rate, "--match-rate"),
         download_success=_fraction(download_success, "--download-success"),
         dedup_keep=_fraction(dedup_keep, "--dedup-keep"),
+        pairs_per_page=_pairs_per_page(pairs_per_page, rates),
     )
     needed = math.ceil(inputs.pairs / (inputs.download_success * inputs.dedup_keep))
     if inputs.candidates * inputs.match_rate < needed:
@@ -254,13 +258,24 @@ def make_inputs(
     return inputs
 
 
+def _pairs_per_page(given: float | None, rates: dict[str, Any]) -> float | None:
+    """``--pairs-per-page``, else the figure measured on real pages with extract's rate (None without one)."""
+    if given is not None:
+        if not given > 0:
+            raise ConfigError(f"--pairs-per-page: {given} is not a positive number of candidate pairs per page")
+        return float(given)
+    measured = rates.get("stages", {}).get("extract", {}).get("pairs_per_page")
+    return float(measured) if measured else None
+
+
 # ------------------------------------------------------------------------------------- the plan
 def stage_rows(inputs: PlanInputs) -> dict[str, int]:
     """Rows each data stage reads: candidates → matched → balanced (= downloads) → downloaded."""
     downloads = math.ceil(inputs.pairs / (inputs.download_success * inputs.dedup_keep))
     return {
         "vocab": 0,
-        "extract": inputs.candidates,
+        # extract's rate is per crawled HTML page: the pages that hold the candidates
+        "extract": math.ceil(inputs.candidates / inputs.pairs_per_page) if inputs.pairs_per_page else inputs.candidates,
         "match": inputs.candidates,
         "balance": math.ceil(inputs.candidates * inputs.match_rate),
         "download": downloads,
@@ -328,6 +343,8 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
             task_mb=float(rate.get("worker_peak_rss_mb", 0.0)), driver_mb=_driver_mb(rate, n),
             wall_hours=wall, usd=wall * cpu_price, worker_cpu_s=worker, driver_cpu_s=driver,
         )
+        if name == "extract" and inputs.pairs_per_page:
+            line.note = "rows are crawled HTML pages"
         per_core_gb = shape.cpu.memory_gb * 1024 / shape.cpu.cores
         if line.task_mb > per_core_gb:
             line.note = f"a task needs {line.task_mb:,.0f} MB > {per_core_gb:,.0f} MB per core: run fewer per node"
@@ -352,6 +369,8 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
         f"{rows['download']:,} rows to download",
         f"{inputs.download_success:.0%} of downloads succeed (--download-success); dedup keeps "
         f"{inputs.dedup_keep:.0%} (--dedup-keep): {rows['dedup'] * inputs.dedup_keep:,.0f} pairs stored",
+        *([f"{inputs.pairs_per_page:g} candidate pairs (<img> with alt and src) per crawled HTML page "
+           f"(--pairs-per-page; extract reads {rows['extract']:,} pages)"] if inputs.pairs_per_page else []),
         "1 vCPU = 1 core of the benchmark VM; stages run one after another, each using every CPU node",
         "data-parallel training scales linearly with GPUs" + gpu_note,
         f"eval once after training on {sum(inputs.eval_sizes):,} images",

@@ -63,6 +63,14 @@ def test_the_plan_adds_up_from_the_rates():
     assert lines["match"].rows == 5_000_000_000 and lines["balance"].rows == 2_500_000_000
     shape = CLUSTERS["aws-clip"]
     assert lines["match"].usd == pytest.approx(lines["match"].wall_hours * 64 * shape.cpu.usd_per_hour)
+    # extract's rate is per crawled page: the candidates' pages at the measured pairs per page, or the user's
+    per_page = rates["stages"]["extract"]["pairs_per_page"]
+    assert lines["extract"].rows == pytest.approx(5e9 / per_page, abs=1)
+    assert lines["extract"].core_hours == pytest.approx(
+        row_stage_cpu(rates["stages"]["extract"], lines["extract"].rows, 64 * 64)[0] / 3600)
+    mine = make_inputs(pairs="400M", candidates="5B", eval_sizes="", model="ViT-B-16", steps="1", batch="1",
+                       cluster="aws-clip", rates=rates, pairs_per_page=20)
+    assert {s.stage: s for s in make_plan(mine, rates).stages}["extract"].rows == 250_000_000
 
 
 def _measured(size: int) -> dict | None:
@@ -101,6 +109,7 @@ def test_plan_matches_what_the_scale_benchmark_measured(size):
         (["--cluster", "moon"], "--cluster: unknown shape 'moon'"),
         (["--model", "ViT-H-99"], "--model: no training rate for 'ViT-H-99'"),
         (["--match-rate", "1.5"], "--match-rate: 1.5 must be a fraction"),
+        (["--pairs-per-page", "0"], "--pairs-per-page: 0.0 is not a positive number"),
         (["--candidates", "500M"], "--candidates: 500,000,000 candidates"),
         (["--eval", "50k,x"], "--eval (item 2): 'x' is not a count"),
         (["--rates", "/nonexistent/rates.json"], "rates file /nonexistent/rates.json does not exist"),
