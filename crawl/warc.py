@@ -29,12 +29,15 @@ _CHARSET = re.compile(rb"charset\s*=\s*[\"']?([A-Za-z0-9_\-:.]+)", re.I)
 
 def _split_http(block: bytes) -> tuple[dict[str, str], bytes] | None:
     """HTTP headers (lower-case names) and body of a response block; None if not an HTTP response."""
-    sep = block.find(b"\r\n\r\n")
-    sep_len = 4
-    if sep < 0:
-        sep, sep_len = block.find(b"\n\n"), 2
-    if sep < 0 or not block.startswith(b"HTTP/"):
+    if not block.startswith(b"HTTP/"):
         return None
+    # The header ends at the first blank line, CRLF or bare LF (ClueWeb's records use LF). Taking the
+    # CRLF one whenever it exists would put everything up to the body's first CRLF CRLF (often 10 kB of
+    # <head> and the first images) into the "headers".
+    ends = [(at, n) for at, n in ((block.find(b"\r\n\r\n"), 4), (block.find(b"\n\n"), 2)) if at >= 0]
+    if not ends:
+        return None
+    sep, sep_len = min(ends)
     headers: dict[str, str] = {}
     for line in block[:sep].split(b"\n")[1:]:
         name, _, value = line.partition(b":")
@@ -72,6 +75,9 @@ def pairs_from_html(html: str, page_url: str, sink: PairSink, use_title: bool = 
         text = attrs.get("alt")
         if (text is None or not text.strip()) and use_title:
             text = attrs.get("title") or text
+        if sink.min_chars > 0 and (text is None or not text.strip()):  # dropped for its text (most <img>): no URL needed
+            sink.add("", text, page_url)
+            continue
         src = (attrs.get("src") or "").strip()
         try:
             url = urljoin(base, src) if src else ""
