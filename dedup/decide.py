@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from dedup.clean import DECISIONS, DECISIONS_SCHEMA
 from dedup.keyed import read_all_keyed, write_keyed
-from dedup.pool_shuffle import EXACT_SCHEMA, Layout, task_cost
+from dedup.pool_shuffle import EXACT_SCHEMA, Layout, cost_summary, task_cost
 from dedup.rows import hashes_path, ordered_map
 from pipeline.rundir import RunDir
 from pipeline.stage import Stage, Task
@@ -76,6 +76,9 @@ class DecideStage(Stage):
 
     def tasks(self) -> list[Task]:
         return [Task(f"g{g:05d}", g) for g in range(self.layout.groups)]
+
+    def summary(self, stats: Stats) -> str:
+        return cost_summary(stats)
 
     def process(self, task: Task, stats: Stats) -> None:
         cpu = time.process_time()

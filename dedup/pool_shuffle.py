@@ -139,6 +139,16 @@ def band_bucket(values: np.ndarray, buckets: int) -> np.ndarray:
     return ((np.asarray(values, np.uint64) * _MIX) >> np.uint64(32)).astype(np.int64) % buckets
 
 
+def cost_summary(stats: Stats) -> str:
+    """The console line of a stage whose tasks call :func:`task_cost`: its counts, CPU in seconds,
+    and not ``rss_peak_mb`` (a sum of peaks means nothing; each task's is in its marker)."""
+    counts = {k: v for k, v in stats.counts.items() if k not in ("cpu_ms", "rss_peak_mb")}
+    return (
+        " ".join(f"{k}={v:,}" for k, v in sorted(counts.items()))
+        + f" task_cpu={stats.counts['cpu_ms'] / 1000:.1f}s"
+    )
+
+
 def task_cost(stats: Stats, cpu_start: float) -> None:
     """Record the task's CPU time (``cpu_ms``, summed over tasks) and its worker's peak RSS
     (``rss_peak_mb``: meaningful per task marker, not as a sum)."""
@@ -171,6 +181,9 @@ class _PoolStage(Stage):
     def __init__(self, config, run: RunDir, layout: Layout):
         super().__init__(config, run)
         self.layout = layout
+
+    def summary(self, stats: Stats) -> str:
+        return cost_summary(stats)
 
     def _group_tasks(self) -> list[Task]:
         return [Task(f"g{g:05d}", g) for g in range(self.layout.groups)]

@@ -258,9 +258,13 @@ class DedupStage(Stage):
         flags = {"eval_overlap": np.concatenate([_NO_ROWS, *eval_hits]), "near_dup": near_flag}
         if not partitioned:  # the partitioned join left its exact copies in files the tasks read
             flags["exact_dup"] = exact_copy
-        decided = decide(self.config, self.run, pool.layout, flags, partitioned and cfg.exact_dups, self.progress)
+        decided = decide(
+            self.config, self.run, pool.layout, flags, partitioned and cfg.exact_dups, self.progress
+        )
         if decided.counts["downloaded"] != n:
-            raise RuntimeError(f"dedup: the decision tasks saw {decided.counts['downloaded']:,} samples, not {n:,}")
+            raise RuntimeError(
+                f"dedup: the decision tasks saw {decided.counts['downloaded']:,} samples, not {n:,}"
+            )
 
         # --- clean shards: one task per shard on the cluster, resumable (dedup.clean)
         clean = run_stage(CleanShardsStage(self.config, self.run), progress=self.progress)
@@ -368,7 +372,9 @@ class DedupStage(Stage):
         (:class:`~dedup.pool.PoolIndex`), the reference the partitioned joins are tested against."""
         cfg = self.config.dedup
         with PoolIndex(cfg.work_dir, cfg.memory_limit) as pool:
-            bar = tqdm(total=len(rows.shards), desc="dedup pool index", unit="shard", disable=not self.progress)
+            bar = tqdm(
+                total=len(rows.shards), desc="dedup pool index", unit="shard", disable=not self.progress
+            )
             for i, table in rows.iter_tables(["status", "sha256", "phash"]):
                 pool.add(
                     int(rows.offsets[i]),
