@@ -116,22 +116,28 @@ class Layout:
 
 
 def digest_bucket(digest: pa.Array, buckets: int) -> np.ndarray:
-    """Bucket of each digest string from its first 8 bytes (hex digits of a sha256: already uniform)."""
+    """Bucket of each digest string (at most :data:`DIGEST_CHARS` characters), from all its bytes:
+    digests that are not uniform hex (a common prefix) still spread over the buckets."""
     digest = digest.combine_chunks() if isinstance(digest, pa.ChunkedArray) else digest
     n = len(digest)
     if n == 0:
         return np.zeros(0, np.int64)
     offsets = np.frombuffer(digest.buffers()[1], np.int32)[digest.offset : digest.offset + n + 1]
-    data = (
-        np.frombuffer(digest.buffers()[2], np.uint8)
-        if digest.buffers()[2] is not None
-        else np.zeros(1, np.uint8)
-    )
-    width = np.minimum(offsets[1:] - offsets[:-1], 8)
-    idx = offsets[:-1, None] + np.arange(8)
-    raw = np.where(np.arange(8) < width[:, None], data[np.minimum(idx, len(data) - 1)], 0).astype(np.uint8)
-    word = np.ascontiguousarray(raw).view(np.uint64).ravel()
-    return ((word * _MIX) >> np.uint64(32)).astype(np.int64) % buckets
+    lengths = offsets[1:] - offsets[:-1]
+    if digest.null_count == 0 and lengths.min() == lengths.max() == DIGEST_CHARS:
+        # the usual case, every digest 32 hex digits: one contiguous block
+        data = np.frombuffer(digest.buffers()[2], np.uint8)
+        block = data[offsets[0] : offsets[0] + n * DIGEST_CHARS].reshape(n, DIGEST_CHARS)
+    else:  # other lengths: zero-padded to DIGEST_CHARS bytes
+        values = digest.cast(pa.binary()).fill_null(b"").to_numpy(zero_copy_only=False)
+        block = np.array(values, dtype=f"S{DIGEST_CHARS}").view(np.uint8).reshape(n, DIGEST_CHARS)
+    words = np.ascontiguousarray(block).view(np.uint64)
+    acc = np.zeros(n, np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(words.shape[1]):
+            acc = (acc ^ words[:, k]) * _MIX
+        acc = (acc ^ (acc >> np.uint64(29))) * _MIX  # mix the high bits back down
+    return (acc >> np.uint64(32)).astype(np.int64) % buckets
 
 
 def band_bucket(values: np.ndarray, buckets: int) -> np.ndarray:
