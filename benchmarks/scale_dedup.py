@@ -28,8 +28,8 @@ pool apart from verifying near pairs on images:
 Reported per path: wall seconds; driver CPU seconds (``time.process_time()`` of this process over
 the measured call); worker CPU seconds (the tasks' own ``process_time`` sums, ``cpu_ms`` in their
 stats, :func:`dedup.pool_shuffle.task_cost`); driver peak RSS (VmHWM of this process, reset before
-the call through ``/proc/self/clear_refs``); worker peak RSS (the largest ``rss_peak_mb`` a task
-recorded: its Ray worker's ``ru_maxrss``); what was found. Both paths must find the same exact
+the call through ``/proc/self/clear_refs``); worker peak RSS (the largest ``peak_rss_mb`` a task
+recorded in its cost file: its Ray worker's ``ru_maxrss``); what was found. Both paths must find the same exact
 copies and near pairs, and every planted copy must be found, or the run fails.
 """
 
@@ -50,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 # run as a script, benchmarks/ comes first on the path, and benchmarks/dedup.py would shadow the package
 sys.path.insert(0, str(REPO))
 
-from dedup.decide import CODE, REASONS, decide, status_codes  # noqa: E402
+from dedup.decide import CODE, REASONS, DecideStage, decide, status_codes  # noqa: E402
 from dedup.pool import PoolIndex  # noqa: E402
-from dedup.pool_shuffle import SUB_STAGES, Layout, find_pool_duplicates  # noqa: E402
+from dedup.pool_shuffle import SUB_STAGES, Layout, PoolStage, find_pool_duplicates  # noqa: E402
 from dedup.rows import ShardRows, hashes_path  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
@@ -184,15 +184,14 @@ def _config(run: RunDir, cpus: int | None, partition_rows: int, join: str):
     return load_config(None, [*([f"ray.num_cpus={cpus}"] if cpus else []), *sets], run.url)
 
 
-def _worker_costs(run: RunDir, stages: tuple[str, ...]) -> tuple[float, float]:
-    """(CPU seconds summed over the stages' tasks, the largest peak RSS a task recorded, MB)."""
-    cpu, peak = 0.0, 0.0
-    for name in stages:
-        for task in run.done_tasks(name) - {"_stage"}:
-            counts = run.read_marker(name, task)["stats"]["counts"]
-            cpu += counts.get("cpu_ms", 0) / 1000
-            peak = max(peak, counts.get("rss_peak_mb", 0))
-    return cpu, peak
+def _worker_costs(run: RunDir) -> tuple[float, float]:
+    """(CPU seconds summed over the pool and decision tasks, the largest peak RSS a task recorded, MB)."""
+    costs = [
+        run.read_json(p)
+        for d in (PoolStage.cost_dir, DecideStage.cost_dir)
+        for p in run.glob(f"{d}/*/*.json")
+    ]
+    return sum(c["cpu_s"] for c in costs), max((c["peak_rss_mb"] for c in costs), default=0.0)
 
 
 def measure(
@@ -224,7 +223,7 @@ def _run_partitioned(
     _ensure_ray(cfg)
     out = _measured(lambda: _partitioned(cfg, run, shards))
     res = out.pop("result")
-    cpu, peak = _worker_costs(run, (*SUB_STAGES, "dedup.decide"))
+    cpu, peak = _worker_costs(run)
     figures = {
         "stage": "dedup",
         "rows": n_rows,

@@ -68,6 +68,7 @@ class DecideStage(Stage):
 
     name = "dedup.decide"
     resumable = False
+    cost_dir = f"{DECIDE_DIR}/cost"
 
     def __init__(self, config, run: RunDir, layout: Layout, exact_files: bool):
         super().__init__(config, run)
@@ -125,7 +126,7 @@ class DecideStage(Stage):
             for r, k in CODE.items():
                 if counts[k]:
                     stats.inc(f"flagged_{r}", int(counts[k]))
-        task_cost(stats, cpu)
+        task_cost(self, task, stats, cpu)
 
 
 def clear(run: RunDir) -> None:

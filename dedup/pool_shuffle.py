@@ -146,20 +146,25 @@ def band_bucket(values: np.ndarray, buckets: int) -> np.ndarray:
 
 
 def cost_summary(stats: Stats) -> str:
-    """The console line of a stage whose tasks call :func:`task_cost`: its counts, CPU in seconds,
-    and not ``rss_peak_mb`` (a sum of peaks means nothing; each task's is in its marker)."""
-    counts = {k: v for k, v in stats.counts.items() if k not in ("cpu_ms", "rss_peak_mb")}
+    """The console line of a stage whose tasks call :func:`task_cost`: its counts, task CPU in seconds."""
+    counts = {k: v for k, v in stats.counts.items() if k != "cpu_ms"}
     return (
         " ".join(f"{k}={v:,}" for k, v in sorted(counts.items()))
         + f" task_cpu={stats.counts['cpu_ms'] / 1000:.1f}s"
     )
 
 
-def task_cost(stats: Stats, cpu_start: float) -> None:
-    """Record the task's CPU time (``cpu_ms``, summed over tasks) and its worker's peak RSS
-    (``rss_peak_mb``: meaningful per task marker, not as a sum)."""
-    stats.inc("cpu_ms", round(1000 * (time.process_time() - cpu_start)))
-    stats.inc("rss_peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+def task_cost(stage: Stage, task: Task, stats: Stats, cpu_start: float) -> None:
+    """Record a task's CPU time (``cpu_ms`` in its stats, summed over the stage) and, in
+    ``<stage.cost_dir>/<stage>/<task>.json``, its CPU seconds and its Ray worker's peak RSS (a peak
+    does not add up over tasks, so it stays out of the stats); benchmarks read these."""
+    cpu = time.process_time() - cpu_start
+    stats.inc("cpu_ms", round(1000 * cpu))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    stage.run.write_json(
+        f"{stage.cost_dir}/{stage.name}/{task.id}.json",
+        {"cpu_s": round(cpu, 4), "peak_rss_mb": round(peak, 1)},
+    )
 
 
 @contextlib.contextmanager
@@ -179,10 +184,11 @@ def _duckdb(memory_limit: str | None):
         shutil.rmtree(spill, ignore_errors=True)
 
 
-class _PoolStage(Stage):
+class PoolStage(Stage):
     """What the sub-stages share: the layout. Not resumable as a whole: the driver clears them per run."""
 
     resumable = False
+    cost_dir = f"{POOL_DIR}/cost"
 
     def __init__(self, config, run: RunDir, layout: Layout):
         super().__init__(config, run)
@@ -195,7 +201,7 @@ class _PoolStage(Stage):
         return [Task(f"g{g:05d}", g) for g in range(self.layout.groups)]
 
 
-class PoolKeys(_PoolStage):
+class PoolKeys(PoolStage):
     """Per group of shards: (gid, digest) of every hashed row, partitioned by digest bucket."""
 
     name = "dedup.pool_keys"
@@ -228,10 +234,10 @@ class PoolKeys(_PoolStage):
         bucket = digest_bucket(table.column("digest"), lay.exact_buckets)
         write_keyed(self.run, lay.keys_file(task.payload), table, bucket)
         stats.inc("hashed", table.num_rows)
-        task_cost(stats, cpu)
+        task_cost(self, task, stats, cpu)
 
 
-class PoolExact(_PoolStage):
+class PoolExact(PoolStage):
     """Per digest bucket: each later copy of a digest and its first copy, partitioned by the copy's group."""
 
     name = "dedup.pool_exact"
@@ -261,10 +267,10 @@ class PoolExact(_PoolStage):
         write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(out.column("copy").to_numpy()))
         stats.inc("rows", part.num_rows)
         stats.inc("exact_copies", out.num_rows)
-        task_cost(stats, cpu)
+        task_cost(self, task, stats, cpu)
 
 
-class PoolBands(_PoolStage):
+class PoolBands(PoolStage):
     """Per group of shards: (gid, pHash) of every hashed row but exact copies, once per band, by band bucket."""
 
     name = "dedup.pool_bands"
@@ -313,10 +319,10 @@ class PoolBands(_PoolStage):
         )
         write_keyed(self.run, lay.bands_file(g), table, parts)
         stats.inc("rows", len(gid))
-        task_cost(stats, cpu)
+        task_cost(self, task, stats, cpu)
 
 
-class PoolNear(_PoolStage):
+class PoolNear(PoolStage):
     """Per band partition: each row's closest earlier first-of-their-hash rows agreeing first on this band."""
 
     name = "dedup.pool_near"
@@ -334,7 +340,7 @@ class PoolNear(_PoolStage):
         self.run.write_parquet(lay.near_file(p), out)
         stats.inc("rows", part.num_rows)
         stats.inc("near_candidates", out.num_rows)
-        task_cost(stats, cpu)
+        task_cost(self, task, stats, cpu)
 
 
 def near_in_band(part: pa.Table, tau: int, band: int, memory_limit: str | None = None) -> pa.Table:
