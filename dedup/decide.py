@@ -4,8 +4,9 @@ The driver holds no per-sample array. It knows only the candidates it verified: 
 confirmed as eval overlaps or pool near duplicates, written as ``dedup/_decide/flags.parquet``
 (gid, code), partitioned by group (:mod:`dedup.keyed`). A task reads its shards' ``status`` and
 identifiers, its rows' exact copies (from the partitioned exact join, :mod:`dedup.pool_shuffle`)
-and its flags, and writes ``dedup/_decide/<shard>.parquet`` (the shard's rows of
-``dedup/decisions.parquet``) with counts per reason in its stats. A sample flagged for several
+and its flags, and writes ``dedup/_decide/g<group>.parquet``: its shards' rows of
+``dedup/decisions.parquet``, one row group per shard with flagged samples (one file per group, not
+per shard: the driver, which concatenates them, opens few files), with counts per reason in its stats. A sample flagged for several
 reasons gets the first in :data:`REASONS` (a sample that was never hashed stays ``no_image`` or
 ``undecodable``; an eval overlap outranks a pool duplicate; an exact copy a near one).
 """
@@ -45,8 +46,8 @@ def status_codes(status: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.where(hashed, 0, np.where(no_image, CODE["no_image"], CODE["undecodable"])).astype(np.int8)
 
 
-def shard_decisions_path(shard: str) -> str:
-    return f"{DECIDE_DIR}/{shard}.parquet"
+def group_decisions_path(group: int) -> str:
+    return f"{DECIDE_DIR}/g{group:05d}.parquet"
 
 
 def write_flags(run: RunDir, layout: Layout, flags: dict[str, np.ndarray]) -> None:
@@ -99,6 +100,7 @@ class DecideStage(Stage):
             code = np.concatenate([code, np.full(len(copies), CODE["exact_dup"], np.int8)])
         remove = self.config.dedup.mode == "remove"
         names = np.array([None, *REASONS], dtype=object)
+        tables, shard_of = [], []
         for i in lay.group_shards(g):
             lo, hi = lay.offsets[i], lay.offsets[i + 1]
             table = self.run.read_parquet(hashes_path(lay.shards[i]), ["status", "shard", "key", "uid"])
@@ -120,12 +122,16 @@ class DecideStage(Stage):
                 },
                 schema=DECISIONS_SCHEMA,
             )
-            self.run.write_parquet(shard_decisions_path(lay.shards[i]), out)
+            tables.append(out)
+            shard_of.append(np.full(out.num_rows, i, np.int64))
             counts = np.bincount(reason, minlength=len(REASONS) + 1)
             stats.inc("downloaded", hi - lo)
             for r, k in CODE.items():
                 if counts[k]:
                     stats.inc(f"flagged_{r}", int(counts[k]))
+        table = pa.concat_tables(tables) if tables else DECISIONS_SCHEMA.empty_table()
+        keys = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int64)
+        write_keyed(self.run, group_decisions_path(g), table, keys)  # a row group per shard, in order
         task_cost(self, task, stats, cpu)
 
 
@@ -150,8 +156,13 @@ def decide(
         run.open_atomic(DECISIONS) as fh,
         pq.ParquetWriter(fh, DECISIONS_SCHEMA, compression="zstd") as writer,
     ):
-        # one shard's rows at a time pass through the driver (a bounded read-ahead)
-        for table in ordered_map(lambda s: run.read_parquet(shard_decisions_path(s)), layout.shards):
-            if table.num_rows:
-                writer.write_table(table.cast(DECISIONS_SCHEMA))
+        # a group's file at a time passes through the driver (a bounded read-ahead), copied a row
+        # group (a shard) at a time
+        paths = [group_decisions_path(g) for g in range(layout.groups)]
+        for data in ordered_map(run.read_bytes, paths):
+            part = pq.ParquetFile(pa.BufferReader(data))
+            for k in range(part.num_row_groups):
+                writer.write_table(
+                    part.read_row_group(k).replace_schema_metadata(None).cast(DECISIONS_SCHEMA)
+                )
     return result.stats

@@ -136,8 +136,8 @@ def test_decisions_per_shard_follow_the_reasons_precedence():
     write_flags(run, layout, flags)
     stats = run_stage(DecideStage(cfg, run, layout, exact_files=False), progress=False, force=True).stats
     got = {}
-    for s in shards:
-        for r in run.read_parquet(f"dedup/_decide/{s}.parquet").to_pylist():
+    for g in range(layout.groups):
+        for r in run.read_parquet(f"dedup/_decide/g{g:05d}.parquet").to_pylist():
             got[r["uid"]] = (r["reason"], r["removed"])
     assert got["u0"] == ("eval_overlap", False) and got["u1"][0] == "no_image"
     assert got["u2"][0] == "exact_dup" and got["u3"][0] == "near_dup" and got["u701"][0] == "near_dup"
