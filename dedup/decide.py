@@ -156,10 +156,11 @@ def decide(
         run.open_atomic(DECISIONS) as fh,
         pq.ParquetWriter(fh, DECISIONS_SCHEMA, compression="zstd") as writer,
     ):
-        # a group's file at a time passes through the driver (a bounded read-ahead), copied a row
-        # group (a shard) at a time
+        # a group's file at a time passes through the driver, copied a row group (a shard) at a
+        # time; one thread reads ahead (at most two files waiting: a group's file grows with the
+        # group's flagged samples, so a deeper read-ahead would make the driver's memory grow with them)
         paths = [group_decisions_path(g) for g in range(layout.groups)]
-        for data in ordered_map(run.read_bytes, paths):
+        for data in ordered_map(run.read_bytes, paths, threads=1):
             part = pq.ParquetFile(pa.BufferReader(data))
             for k in range(part.num_row_groups):
                 writer.write_table(
