@@ -213,3 +213,17 @@ def test_decisions_file_has_one_row_group_per_flagged_shard(tmp_path):
     flagged_shards = [s for s in shards if s in {x for g in groups for x in g}]
     assert [g[0] for g in groups] == flagged_shards and all(len(set(g)) == 1 for g in groups)
     assert sum(len(g) for g in groups) == sum(v for k, v in stats.counts.items() if k.startswith("flagged_"))
+
+
+def test_digest_buckets_are_a_function_of_the_digest_whatever_its_form():
+    """Digests that are not 32 characters (another hash, a truncated one) take the general path;
+    an equal digest gets the same bucket on either path, and a shared prefix still spreads."""
+    from dedup.pool_shuffle import digest_bucket
+
+    uniform = [f"{i:032x}" for i in range(600)]  # 31 leading zeros at most: only the tail differs
+    mixed = [d if i % 3 else "short" for i, d in enumerate(uniform)]
+    a, b = digest_bucket(pa.array(uniform), 5), digest_bucket(pa.array(mixed), 5)
+    kept = np.arange(600) % 3 != 0
+    assert np.array_equal(a[kept], b[kept])
+    assert len(set(b[~kept].tolist())) == 1  # equal digests, one bucket
+    assert np.bincount(a, minlength=5).min() > 600 / 5 / 2
