@@ -165,16 +165,27 @@ class DedupConfig(Section):
     pool_verify_threshold: float = Field(
         0.95, ge=-1.0, le=1.0, description="min coarse thumbnail correlation to confirm a pool near-duplicate"
     )
+    pool_join: Literal["partitioned", "single_node"] = Field(
+        "partitioned",
+        description="partitioned: the pool-duplicate joins run as hash-partitioned Ray tasks (dedup.pool_shuffle); "
+        "single_node: one DuckDB on the driver in dedup.work_dir (dedup.pool.PoolIndex, the reference; same results)",
+    )
+    pool_partition_rows: int = Field(
+        2_000_000,
+        ge=1,
+        description="the pool-duplicate joins (exact by digest, near by band of the pHash) are hash-partitioned "
+        "into Ray tasks of about this many rows each (a task holds ~100 bytes per row at peak)",
+    )
     batch_size: int = Field(256, ge=1, le=65536, description="images hashed per vectorised DCT batch")
     work_dir: str | None = Field(
         None,
-        description="local directory for the driver's pool-duplicate database and its spill files "
-        "(about 30 bytes per training sample; default: a temporary directory, removed after)",
+        description="local directory for the single-node reference pool-duplicate database (dedup.pool.PoolIndex) "
+        "and its spill files (about 30 bytes per training sample; default: a temporary directory, removed after)",
     )
     memory_limit: str | None = Field(
         None,
-        description="memory the pool-duplicate search (DuckDB) may use before spilling to work_dir, "
-        "e.g. '8GB' (default: DuckDB's, 80% of RAM)",
+        description="memory each pool-duplicate join (DuckDB, one per Ray task) may use before spilling to a "
+        "temporary directory, e.g. '2GB' (default: DuckDB's, 80% of RAM)",
     )
 
     @field_validator("memory_limit")

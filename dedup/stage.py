@@ -3,9 +3,10 @@
 Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet`` and
 ``<run>/evalsets/<name>/hashes.parquet``. :meth:`DedupStage.finalize` then:
 
-1. on the driver, feeds every shard's sha256 and pHash into a DuckDB database on local disk
-   (:mod:`dedup.pool`) and finds byte-identical (sha256) and near-identical (pHash
-   ``<= dedup.pool_tau``) training images as out-of-core joins; the later copy is the one flagged;
+1. finds byte-identical (sha256) and near-identical (pHash ``<= dedup.pool_tau``) training images
+   as hash-partitioned joins in Ray tasks (:mod:`dedup.pool_shuffle`; ``dedup.pool_join:
+   single_node`` runs the reference, one DuckDB on the driver, :mod:`dedup.pool`); the later copy
+   is the one flagged;
 2. per eval set, picks its profile (natural or line art, :meth:`DedupConfig.thresholds`); one Ray
    task per shard (:class:`~dedup.overlap_search.OverlapSearchStage`) searches its training view
    hashes against every eval view hash at ``<= tau`` (exact multi-index hashing,
@@ -15,13 +16,15 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
    scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
    (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
    ``<run>/dedup/overlaps.parquet`` with both scores; pool near pairs are verified the same way;
-4. writes every flagged sample's reason to ``<run>/dedup/decisions.parquet`` (one row group per
-   shard); then :class:`~dedup.clean.CleanShardsStage` writes ``<run>/clean/NNNNN.{tar,parquet}``,
-   one Ray task per shard (resumable), and ``clean/sizes.json``; last, the reconciliation
+4. decides every sample's reason in one Ray task per group of shards (:mod:`dedup.decide`) from
+   the verified candidates and the exact join's files, and assembles
+   ``<run>/dedup/decisions.parquet`` (one row group per shard); then
+   :class:`~dedup.clean.CleanShardsStage` writes ``<run>/clean/NNNNN.{tar,parquet}``, one Ray task
+   per shard (resumable), and ``clean/sizes.json``; last, the reconciliation
    ``<run>/dedup/summary.json`` (downloaded = clean + removed by reason).
 
-Per training sample the driver holds one int8 reason code; samples are named by global row
-numbers (:mod:`dedup.rows`), and identifiers are read back only for candidates and flagged rows.
+The driver holds no per-sample array: samples are named by global row numbers (:mod:`dedup.rows`),
+and it keeps only the pool's exact copies, the candidates it verifies and their identifiers.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from dedup.clean import DECISIONS, DECISIONS_SCHEMA, CleanShardsStage, shard_stem
+from dedup.clean import CleanShardsStage, shard_stem
+from dedup.decide import CODE, REASONS, decide, status_codes  # noqa: F401 (CODE: benchmarks import it from here)
 from dedup.hashing import hash_evalset, hash_training_samples, view_column
 from dedup.original import load_shard_table, params_tag, read_originals
 from dedup.overlap_search import (
@@ -49,6 +53,7 @@ from dedup.overlap_search import (
     ok_rows,
 )
 from dedup.pool import PoolIndex
+from dedup.pool_shuffle import Layout, PoolResult, find_pool_duplicates
 from dedup.rows import ShardRows, hashes_path
 from dedup.score import verify_scores
 from dedup.shards import iter_samples
@@ -60,11 +65,6 @@ from pipeline.evalsets import open_evalset
 from pipeline.runner import run_stage
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
-
-#: Why a downloaded sample is not in the clean shards, in order of precedence.
-REASONS = ("no_image", "undecodable", "eval_overlap", "exact_dup", "near_dup")
-#: Each reason's code in the driver's per-sample int8 array (0: kept).
-CODE = {r: i + 1 for i, r in enumerate(REASONS)}
 
 
 class DedupStage(Stage):
@@ -156,33 +156,17 @@ class DedupStage(Stage):
         cfg = self.config.dedup
         rows = ShardRows(self.run, [shard_stem(p) for p in self.run.glob("shards/*.tar")])
         n = rows.n
-        # Per sample the driver keeps one int8 reason code (0: kept) and nothing else; samples are
-        # named by global row numbers (dedup.rows), identifiers are read back only where needed.
-        reason = np.zeros(n, np.int8)
-        with PoolIndex(cfg.work_dir, cfg.memory_limit) as pool:
-            bar = tqdm(
-                total=len(rows.shards), desc="dedup pool index", unit="shard", disable=not self.progress
-            )
-            for i, table in rows.iter_tables(["status", "sha256", "phash"]):
-                lo, hi = int(rows.offsets[i]), int(rows.offsets[i + 1])
-                reason[lo:hi] = _status_codes(table.column("status"))
-                pool.add(
-                    lo,
-                    reason[lo:hi] == 0,
-                    table.column("sha256"),
-                    hash_columns(table, TRAIN_VIEWS[:1])["phash"],
-                )
-                bar.update(1)
-            bar.close()
-            # --- exact duplicates: later copies of the same sha256
-            exact_copy, exact_first = pool.exact_duplicates() if cfg.exact_dups else (_NO_ROWS, _NO_ROWS)
-            reason[exact_copy] = CODE["exact_dup"]
-            # --- pool near duplicates: pHash within pool_tau of an earlier image (verified below)
-            near_pairs = (
-                pool.near_pairs(cfg.pool_tau, exclude=exact_copy)
-                if cfg.pool_tau is not None
-                else np.zeros((0, 3), np.int64)
-            )
+        # The driver holds no per-sample array: samples are named by global row numbers
+        # (dedup.rows), the pool's exact copies and near candidates come from partitioned joins in
+        # Ray tasks (dedup.pool_shuffle), and each sample's reason is decided in tasks (dedup.decide)
+        # from the candidates verified here.
+        partitioned = cfg.pool_join == "partitioned"
+        pool = (
+            find_pool_duplicates(self.config, self.run, rows.shards, rows.offsets, self.progress)
+            if partitioned
+            else self._single_node_pool(rows)
+        )
+        exact_copy, exact_first, near_pairs = pool.exact_copy, pool.exact_first, pool.near
 
         # --- eval overlaps: every (train view, eval view) pair within the set's tau, searched per shard
         views = self._eval_views()
@@ -210,7 +194,7 @@ class DedupStage(Stage):
         )
         ids = _RowIds(needed, cand)
 
-        overlap_tables, per_set = [], {}
+        overlap_tables, per_set, eval_hits = [], {}, []
         for spec, ev, profile, tau, thr in plans:
             pairs = pairs_by_set[spec.name]
             eval_rows = {int(r) for r in np.unique(pairs["eval_row"])}
@@ -239,10 +223,8 @@ class DedupStage(Stage):
             )
             overlap_tables.append(table)
             confirmed = table.column("confirmed").to_numpy(zero_copy_only=False)
-            hit = np.asarray(hit_rows, np.int64)[confirmed]
-            # an eval overlap outranks a pool duplicate, not a sample that was never hashed
-            hit = hit[np.isin(reason[hit], (0, CODE["exact_dup"], CODE["near_dup"]))]
-            reason[hit] = CODE["eval_overlap"]
+            # an eval overlap outranks a pool duplicate, not a sample that was never hashed (dedup.decide)
+            eval_hits.append(np.asarray(hit_rows, np.int64)[confirmed])
             n_eval = int(pc.sum(pc.equal(ev.column("status"), "ok")).as_py() or 0)
             eval_hit = pc.filter(table.column("eval_id"), table.column("confirmed"))
             per_set[spec.name] = {
@@ -268,18 +250,26 @@ class DedupStage(Stage):
         self.run.write_parquet("dedup/overlaps.parquet", overlaps)
 
         # --- pool duplicates: exact copies as found, near ones verified with the thumbnail correlation
-        pool_rows = self._pool_duplicates(rows, exact_copy, exact_first, near_pairs, thumbs, reason, ids)
+        pool_rows, near_flag = self._pool_duplicates(rows, exact_copy, exact_first, near_pairs, thumbs, ids)
         self.run.write_parquet("dedup/pool_duplicates.parquet", pool_rows)
 
         # --- one row per flagged sample, one row group per shard: why it is not (or, in mode
-        # report, would not be) in clean/
-        self._write_decisions(rows, reason)
+        # report, would not be) in clean/; decided per shard in Ray tasks (dedup.decide)
+        flags = {"eval_overlap": np.concatenate([_NO_ROWS, *eval_hits]), "near_dup": near_flag}
+        if not partitioned:  # the partitioned join left its exact copies in files the tasks read
+            flags["exact_dup"] = exact_copy
+        decided = decide(
+            self.config, self.run, pool.layout, flags, partitioned and cfg.exact_dups, self.progress
+        )
+        if decided.counts["downloaded"] != n:
+            raise RuntimeError(
+                f"dedup: the decision tasks saw {decided.counts['downloaded']:,} samples, not {n:,}"
+            )
 
         # --- clean shards: one task per shard on the cluster, resumable (dedup.clean)
         clean = run_stage(CleanShardsStage(self.config, self.run), progress=self.progress)
         stats.inc("clean", clean.stats.counts.get("clean", 0))
-        by_code = np.bincount(reason, minlength=len(REASONS) + 1)
-        removed = {r: int(by_code[c]) for r, c in CODE.items() if by_code[c]}
+        removed = {r: int(decided.counts[f"flagged_{r}"]) for r in REASONS if decided.counts[f"flagged_{r}"]}
         summary = {
             "mode": cfg.mode,
             "downloaded": n,
@@ -335,13 +325,12 @@ class DedupStage(Stage):
         exact_first: np.ndarray,
         near: np.ndarray,
         thumbs,
-        reason: np.ndarray,
         ids: _RowIds,
-    ) -> pa.Table:
+    ) -> tuple[pa.Table, np.ndarray]:
         """``pool_duplicates.parquet``: every exact copy with its first copy (no thumbnail check: the
         bytes are identical), and every near copy with its closest earlier matches (``PoolIndex.near_pairs``)
-        and their verification scores; a near copy with a confirmed match is flagged ``near_dup``
-        unless already flagged."""
+        and their verification scores; also the near copies with a confirmed match (flagged
+        ``near_dup`` unless flagged for a reason that outranks it, :mod:`dedup.decide`)."""
         cfg = self.config.dedup
         plain = np.zeros(len(near), np.int64)  # view 0: phash
         score = (
@@ -351,8 +340,7 @@ class DedupStage(Stage):
         )
         confirmed = score >= cfg.pool_verify_threshold
         later = near[:, 0]
-        flag = later[confirmed & (reason[later] == 0)]
-        reason[flag] = CODE["near_dup"]
+        flag = np.unique(later[confirmed])
         # identifiers: near pairs' rows are candidates (already read), exact copies are read here
         exact_ids = rows.take(np.concatenate([exact_copy, exact_first]))
         k = len(exact_copy)
@@ -376,32 +364,34 @@ class DedupStage(Stage):
                 "kind": pa.array(["exact"] * k + ["near"] * len(near), pa.string()),
             }
         )
-        return table.sort_by([(c, "ascending") for c in ("shard", "key", "dup_of_shard", "dup_of_key")])
+        table = table.sort_by([(c, "ascending") for c in ("shard", "key", "dup_of_shard", "dup_of_key")])
+        return table, flag
 
-    def _write_decisions(self, rows: ShardRows, reason: np.ndarray) -> None:
-        """``dedup/decisions.parquet`` streamed a shard at a time (one row group each, which is what
-        a ``dedup_clean`` task reads back)."""
-        flagged = np.flatnonzero(reason)
-        names = np.array([None, *REASONS], dtype=object)
-        remove = self.config.dedup.mode == "remove"
-        with (
-            self.run.open_atomic(DECISIONS) as fh,
-            pq.ParquetWriter(fh, DECISIONS_SCHEMA, compression="zstd") as writer,
-        ):
-            start = 0
-            for ids in rows.iter_take(flagged, ("shard", "key", "uid")):
-                codes = reason[flagged[start : start + ids.num_rows]]
-                start += ids.num_rows
-                writer.write_table(
-                    pa.table(
-                        {
-                            **{c: ids.column(c) for c in ("shard", "key", "uid")},
-                            "reason": pa.array(names[codes], pa.string()),
-                            "removed": pa.array(np.full(len(codes), remove), pa.bool_()),
-                        },
-                        schema=DECISIONS_SCHEMA,
-                    )
+    def _single_node_pool(self, rows: ShardRows) -> PoolResult:
+        """``dedup.pool_join: single_node``: every hashed row through the driver into one DuckDB
+        (:class:`~dedup.pool.PoolIndex`), the reference the partitioned joins are tested against."""
+        cfg = self.config.dedup
+        with PoolIndex(cfg.work_dir, cfg.memory_limit) as pool:
+            bar = tqdm(
+                total=len(rows.shards), desc="dedup pool index", unit="shard", disable=not self.progress
+            )
+            for i, table in rows.iter_tables(["status", "sha256", "phash"]):
+                pool.add(
+                    int(rows.offsets[i]),
+                    status_codes(table.column("status")) == 0,
+                    table.column("sha256"),
+                    hash_columns(table, TRAIN_VIEWS[:1])["phash"],
                 )
+                bar.update(1)
+            bar.close()
+            exact_copy, exact_first = pool.exact_duplicates() if cfg.exact_dups else (_NO_ROWS, _NO_ROWS)
+            near = (
+                pool.near_pairs(cfg.pool_tau, exclude=exact_copy)
+                if cfg.pool_tau is not None
+                else np.zeros((0, 3), np.int64)
+            )
+        layout = Layout.plan(rows.shards, rows.offsets, cfg.pool_partition_rows, cfg.pool_tau)
+        return PoolResult(exact_copy, exact_first, near, layout)
 
     def summary(self, stats: Stats) -> str:
         c = stats.counts
@@ -423,11 +413,7 @@ class _RowIds:
         return {name: picked.column(name).combine_chunks().cast(pa.string()) for name in names}
 
 
-def _status_codes(status: pa.ChunkedArray) -> np.ndarray:
-    """Reason code per row from the hash files' ``status``: 0 hashed, else no_image or undecodable."""
-    hashed = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
-    no_image = pc.fill_null(pc.equal(status, "no_image"), False).to_numpy(zero_copy_only=False)
-    return np.where(hashed, 0, np.where(no_image, CODE["no_image"], CODE["undecodable"])).astype(np.int8)
+_status_codes = status_codes  # the name benchmarks/dedup_driver.py imports
 
 
 _NO_ROWS = np.zeros(0, np.int64)

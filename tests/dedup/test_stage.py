@@ -309,3 +309,48 @@ def test_pool_near_duplicate_is_verified_and_removed(
     summary = run.read_json("dedup/summary.json")
     assert summary["removed"]["near_dup"] == 1 and summary["reconciles"]
     assert run.read_json("clean/sizes.json")["00002.tar"] == 0
+
+
+def test_partitioned_pool_joins_give_the_single_node_outputs(
+    tmp_path, make_config, shared_data, evalset_overrides, ray_local
+):
+    """The same run decided twice, by the partitioned joins (tiny partitions: many tasks and shard
+    groups) and by the single-node reference (``dedup.pool_join: single_node``): every output file
+    the audit and eval stages read is the same."""
+    import shutil
+
+    from PIL import Image
+
+    from tests.dedup.conftest import jpeg, write_shard
+
+    expect = build_training_shards(tmp_path / "run", shared_data)
+    photo = sorted((shared_data / "photos").rglob("*.jpg"))[0]  # the fixture's first clean photo
+    img = Image.open(photo).convert("RGB")
+    img.thumbnail((160, 160))
+    near = img.resize((img.width * 4 // 5, img.height * 4 // 5), Image.BICUBIC)
+    row = dict(key="000020000", uid="unear", url="http://img.test/near.jpg", caption="a copy", entry_ids=[7])
+    write_shard(tmp_path / "run", 2, [{**row, "jpg": jpeg(near, 70)}])
+    cfg, run = _run(make_config, tmp_path, evalset_overrides, "dedup.pool_partition_rows=3")
+    run_stage(DedupStage(cfg, run), progress=False)
+    assert run.exists("_done/dedup.pool_near/p00005")  # several partitions per band
+    # the reference decides again from the same hash files (hashing tasks are done: not redone)
+    shutil.copytree(tmp_path / "run", tmp_path / "ref")
+    (tmp_path / "ref" / "_done" / "dedup" / "_stage").unlink()
+    ref_cfg = make_config(*evalset_overrides, "dedup.pool_join=single_node", run=str(tmp_path / "ref"))
+    run_stage(DedupStage(ref_cfg, RunDir(ref_cfg.run)), progress=False)
+
+    def outputs(root):
+        tables = {
+            rel: pq.read_table(root / rel).to_pylist()
+            for rel in ("dedup/pool_duplicates.parquet", "dedup/decisions.parquet", "dedup/overlaps.parquet")
+        }
+        groups = pq.ParquetFile(root / "dedup/decisions.parquet").num_row_groups
+        clean = {p.name: pq.read_table(p).to_pylist() for p in sorted((root / "clean").glob("*.parquet"))}
+        return tables, groups, clean, RunDir(str(root)).read_json("dedup/summary.json")
+
+    got, want = outputs(tmp_path / "run"), outputs(tmp_path / "ref")
+    kinds = {d["kind"] for d in got[0]["dedup/pool_duplicates.parquet"]}
+    reasons = {d["reason"] for d in got[0]["dedup/decisions.parquet"]}
+    assert kinds == {"exact", "near"} and {"eval_overlap", "exact_dup", "near_dup"} <= reasons
+    assert got == want
+    assert len(expect["exact_dup"]) >= 1

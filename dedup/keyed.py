@@ -1,0 +1,58 @@
+"""Shuffle files: a table written with one Parquet row group per partition key, read back one key at a time.
+
+A map task of a hash-partitioned shuffle writes one file holding every partition's rows; a reduce
+task reads only its partition's row group from each map file. The keys present are recorded in
+the file's schema metadata, so a reader finds its row group (or learns it has none) from the footer
+alone. The same pattern as ``crawl/pool_dedup.py`` (kept separate: dedup must not depend on the
+extract stage's internals).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.rundir import RunDir
+
+_KEYS = b"webclip_row_group_keys"
+
+
+def write_keyed(run: RunDir, rel: str, table: pa.Table, keys: np.ndarray) -> None:
+    """Write ``table`` with one row group per value of ``keys`` (one int per row, any order).
+
+    Rows keep their order within a key (a stable sort), so a reducer sees them in map order.
+    """
+    keys = np.asarray(keys, np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    table = table.take(pa.array(order))
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    starts = np.concatenate(([0], cuts)) if len(keys) else np.zeros(0, np.int64)
+    stops = np.concatenate((cuts, [len(keys)])) if len(keys) else np.zeros(0, np.int64)
+    schema = table.schema.with_metadata({_KEYS: json.dumps([int(keys[s]) for s in starts])})
+    buf = io.BytesIO()
+    # lz4: shuffle files are read once, soon after; zstd cost a third of a map task's CPU
+    with pq.ParquetWriter(buf, schema, compression="lz4") as writer:
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            writer.write_table(table.slice(a, b - a))
+    run.write_bytes(rel, buf.getvalue())
+
+
+def read_keyed(run: RunDir, rel: str, key: int) -> pa.Table | None:
+    """The rows written for ``key`` by :func:`write_keyed`, or None if it had none."""
+    with run.fs.open(run.path(rel), "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        keys = json.loads(pf.schema_arrow.metadata[_KEYS])
+        if key not in keys:
+            return None
+        return pf.read_row_group(keys.index(key)).replace_schema_metadata(None)
+
+
+def read_all_keyed(run: RunDir, rels: list[str], key: int, empty: pa.Schema) -> pa.Table:
+    """``key``'s rows from each of ``rels`` (in that order), concatenated; an empty ``empty`` table if none."""
+    parts = [t for rel in rels if (t := read_keyed(run, rel, key)) is not None]
+    return pa.concat_tables(parts).combine_chunks() if parts else empty.empty_table()

@@ -1,0 +1,441 @@
+"""Pool duplicates as hash-partitioned joins over Ray: no process holds the whole pool.
+
+The same results as :class:`dedup.pool.PoolIndex` (the single-node reference, one DuckDB on the
+driver), computed in four sub-stages run by :func:`~pipeline.runner.run_stage` (completion markers,
+retries, Ray placement for free). The shards are cut into ``G`` contiguous groups; rows are named
+by global row numbers (gids, :mod:`dedup.rows`).
+
+1. ``dedup.pool_keys`` (one task per group) reads its shards' ``status``, ``sha256`` and ``phash``
+   and writes ``(gid, digest)`` of every hashed row, partitioned by a hash of the digest into
+   ``Be`` buckets (``dedup/_pool/keys/<g>.parquet``, one row group per bucket);
+2. ``dedup.pool_exact`` (one task per bucket): all copies of a digest are in one bucket, so each
+   later copy and its first copy are found there; written partitioned by the copy's group
+   (``dedup/_pool/exact/<b>.parquet``);
+3. ``dedup.pool_bands`` (one task per group) leaves out its rows that are exact copies (as the
+   reference does) and writes ``(gid, h)`` once per substring (band) of the multi-index scheme,
+   partitioned by a hash of the band's value into ``Bn`` buckets per band
+   (``dedup/_pool/bands/<g>.parquet``; partition ``band * Bn + bucket``);
+4. ``dedup.pool_near`` (one task per band partition): two pHashes within ``tau`` bits agree on at
+   least one band, so every pair is in the partition of each band it agrees on; it is kept only in
+   the first (no pair twice). Every row with one pHash is in the same partition, so each hash's
+   first row (the reference's ``reps``) is known there. Per row, the task keeps its
+   :data:`~dedup.pool.NEAREST` closest earlier matches *in this band*; the global closest
+   ``NEAREST`` are among those of the ``tau + 1`` bands (the bands' candidates are disjoint and the
+   order (distance, earlier gid) is total), so the driver merges them exactly
+   (:func:`merge_nearest`). Written as ``dedup/_pool/near/<p>.parquet``.
+
+A task holds one partition: about ``dedup.pool_partition_rows`` rows (each of its bands' rows for a
+group task), whatever the pool's size. The driver holds the per-group offsets, the exact copies and
+the near candidates it must verify. Tasks run DuckDB with one thread (Ray gave them one CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dedup.keyed import read_all_keyed, write_keyed
+from dedup.pool import DIGEST_CHARS, NEAREST, _substrings
+from dedup.rows import hashes_path, ordered_map
+from pipeline.rundir import RunDir
+from pipeline.stage import Stage, Task
+from pipeline.stats import Stats
+
+POOL_DIR = "dedup/_pool"
+SUB_STAGES = ("dedup.pool_keys", "dedup.pool_exact", "dedup.pool_bands", "dedup.pool_near")
+
+KEYS_SCHEMA = pa.schema([("gid", pa.int64()), ("digest", pa.string())])
+EXACT_SCHEMA = pa.schema([("copy", pa.int64()), ("first", pa.int64())])
+BAND_SCHEMA = pa.schema([("gid", pa.int64()), ("h", pa.uint64())])
+NEAR_SCHEMA = pa.schema([("later", pa.int64()), ("earlier", pa.int64()), ("dist", pa.int64())])
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads nearby band values over buckets
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the pool is cut: shard offsets (gids), ``groups`` of shards, exact and per-band near buckets."""
+
+    shards: tuple[str, ...]
+    offsets: tuple[int, ...]  # len(shards) + 1
+    groups: int
+    exact_buckets: int
+    near_buckets: int
+    tau: int | None
+
+    @classmethod
+    def plan(cls, shards: list[str], offsets: np.ndarray, partition_rows: int, tau: int | None) -> Layout:
+        """Buckets of about ``partition_rows`` rows each (by the row count, an upper bound on hashed rows)."""
+        n = int(offsets[-1])
+        buckets = max(1, math.ceil(n / partition_rows))
+        return cls(
+            tuple(shards),
+            tuple(int(x) for x in offsets),
+            groups=max(1, min(buckets, len(shards))),
+            exact_buckets=buckets,
+            near_buckets=buckets,
+            tau=tau,
+        )
+
+    @property
+    def bands(self) -> list[tuple[int, int]]:
+        return _substrings(self.tau) if self.tau is not None else []
+
+    def group_shards(self, g: int) -> range:
+        """Indices (into ``shards``) of group ``g``: contiguous, so groups in order keep gid order."""
+        bounds = np.linspace(0, len(self.shards), self.groups + 1).astype(int)
+        return range(int(bounds[g]), int(bounds[g + 1]))
+
+    def group_of(self, gids: np.ndarray) -> np.ndarray:
+        """The group holding each gid."""
+        bounds = np.linspace(0, len(self.shards), self.groups + 1).astype(int)
+        first_gid = np.asarray(self.offsets, np.int64)[bounds]
+        return np.searchsorted(first_gid, gids, side="right") - 1
+
+    def keys_file(self, g: int) -> str:
+        return f"{POOL_DIR}/keys/{g:05d}.parquet"
+
+    def exact_file(self, b: int) -> str:
+        return f"{POOL_DIR}/exact/{b:05d}.parquet"
+
+    def bands_file(self, g: int) -> str:
+        return f"{POOL_DIR}/bands/{g:05d}.parquet"
+
+    def near_file(self, p: int) -> str:
+        return f"{POOL_DIR}/near/{p:05d}.parquet"
+
+
+def digest_bucket(digest: pa.Array, buckets: int) -> np.ndarray:
+    """Bucket of each digest string (at most :data:`DIGEST_CHARS` characters), from all its bytes:
+    digests that are not uniform hex (a common prefix) still spread over the buckets."""
+    digest = digest.combine_chunks() if isinstance(digest, pa.ChunkedArray) else digest
+    n = len(digest)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(digest.buffers()[1], np.int32)[digest.offset : digest.offset + n + 1]
+    lengths = offsets[1:] - offsets[:-1]
+    if digest.null_count == 0 and lengths.min() == lengths.max() == DIGEST_CHARS:
+        # the usual case, every digest 32 hex digits: one contiguous block
+        data = np.frombuffer(digest.buffers()[2], np.uint8)
+        block = data[offsets[0] : offsets[0] + n * DIGEST_CHARS].reshape(n, DIGEST_CHARS)
+    else:  # other lengths: zero-padded to DIGEST_CHARS bytes
+        values = digest.cast(pa.binary()).fill_null(b"").to_numpy(zero_copy_only=False)
+        block = np.array(values, dtype=f"S{DIGEST_CHARS}").view(np.uint8).reshape(n, DIGEST_CHARS)
+    words = np.ascontiguousarray(block).view(np.uint64)
+    acc = np.zeros(n, np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(words.shape[1]):
+            acc = (acc ^ words[:, k]) * _MIX
+        acc = (acc ^ (acc >> np.uint64(29))) * _MIX  # mix the high bits back down
+    return (acc >> np.uint64(32)).astype(np.int64) % buckets
+
+
+def band_bucket(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each band value."""
+    return ((np.asarray(values, np.uint64) * _MIX) >> np.uint64(32)).astype(np.int64) % buckets
+
+
+def cost_summary(stats: Stats) -> str:
+    """The console line of a stage whose tasks call :func:`task_cost`: its counts, task CPU in seconds."""
+    counts = {k: v for k, v in stats.counts.items() if k != "cpu_ms"}
+    return (
+        " ".join(f"{k}={v:,}" for k, v in sorted(counts.items()))
+        + f" task_cpu={stats.counts['cpu_ms'] / 1000:.1f}s"
+    )
+
+
+def task_cost(stage: Stage, task: Task, stats: Stats, cpu_start: float) -> None:
+    """Record a task's CPU time (``cpu_ms`` in its stats, summed over the stage) and, in
+    ``<stage.cost_dir>/<stage>/<task>.json``, its CPU seconds and its Ray worker's peak RSS (a peak
+    does not add up over tasks, so it stays out of the stats); benchmarks read these."""
+    cpu = time.process_time() - cpu_start
+    stats.inc("cpu_ms", round(1000 * cpu))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    stage.run.write_json(
+        f"{stage.cost_dir}/{stage.name}/{task.id}.json",
+        {"cpu_s": round(cpu, 4), "peak_rss_mb": round(peak, 1)},
+    )
+
+
+@contextlib.contextmanager
+def _duckdb(memory_limit: str | None):
+    """An in-memory DuckDB on one thread (Ray gave the task one CPU), spilling to a private temp dir."""
+    spill = tempfile.mkdtemp(prefix="webclip-pool-")
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET temp_directory = '{spill.replace(chr(39), chr(39) * 2)}'")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+class PoolStage(Stage):
+    """What the sub-stages share: the layout. Not resumable as a whole: the driver clears them per run."""
+
+    resumable = False
+    cost_dir = f"{POOL_DIR}/cost"
+
+    def __init__(self, config, run: RunDir, layout: Layout):
+        super().__init__(config, run)
+        self.layout = layout
+
+    def summary(self, stats: Stats) -> str:
+        return cost_summary(stats)
+
+    def _group_tasks(self) -> list[Task]:
+        return [Task(f"g{g:05d}", g) for g in range(self.layout.groups)]
+
+
+class PoolKeys(PoolStage):
+    """Per group of shards: (gid, digest) of every hashed row, partitioned by digest bucket."""
+
+    name = "dedup.pool_keys"
+
+    def tasks(self) -> list[Task]:
+        return self._group_tasks()
+
+    def process(self, task: Task, stats: Stats) -> None:
+        cpu = time.process_time()
+        lay = self.layout
+        tables = []
+        for i in lay.group_shards(task.payload):
+            t = self.run.read_parquet(hashes_path(lay.shards[i]), ["status", "sha256"])
+            ok = pc.and_(
+                pc.fill_null(pc.equal(t.column("status"), "ok"), False), pc.is_valid(t.column("sha256"))
+            )
+            keep = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+            tables.append(
+                pa.table(
+                    {
+                        "gid": pa.array(keep.astype(np.int64) + lay.offsets[i]),
+                        "digest": pc.utf8_slice_codeunits(t.column("sha256"), 0, DIGEST_CHARS)
+                        .take(pa.array(keep))
+                        .combine_chunks(),
+                    },
+                    schema=KEYS_SCHEMA,
+                )
+            )
+        table = pa.concat_tables(tables).combine_chunks() if tables else KEYS_SCHEMA.empty_table()
+        bucket = digest_bucket(table.column("digest"), lay.exact_buckets)
+        write_keyed(self.run, lay.keys_file(task.payload), table, bucket)
+        stats.inc("hashed", table.num_rows)
+        task_cost(self, task, stats, cpu)
+
+
+class PoolExact(PoolStage):
+    """Per digest bucket: each later copy of a digest and its first copy, partitioned by the copy's group."""
+
+    name = "dedup.pool_exact"
+
+    def tasks(self) -> list[Task]:
+        return [Task(f"b{b:05d}", b) for b in range(self.layout.exact_buckets)]
+
+    def process(self, task: Task, stats: Stats) -> None:
+        cpu = time.process_time()
+        lay = self.layout
+        part = read_all_keyed(
+            self.run, [lay.keys_file(g) for g in range(lay.groups)], task.payload, KEYS_SCHEMA
+        )
+        with _duckdb(self.config.dedup.memory_limit) as con:
+            con.register("part", part)
+            # the reference's query (PoolIndex.exact_duplicates), on this bucket's digests only
+            out = con.sql(
+                """
+                WITH firsts AS (
+                    SELECT digest, min(gid) AS first FROM part GROUP BY digest HAVING count(*) > 1
+                )
+                SELECT p.gid AS copy, f.first FROM part p JOIN firsts f USING (digest)
+                WHERE p.gid > f.first ORDER BY copy
+                """
+            ).to_arrow_table()
+        out = pa.table({c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA)
+        write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(out.column("copy").to_numpy()))
+        stats.inc("rows", part.num_rows)
+        stats.inc("exact_copies", out.num_rows)
+        task_cost(self, task, stats, cpu)
+
+
+class PoolBands(PoolStage):
+    """Per group of shards: (gid, pHash) of every hashed row but exact copies, once per band, by band bucket."""
+
+    name = "dedup.pool_bands"
+
+    def tasks(self) -> list[Task]:
+        return self._group_tasks()
+
+    def process(self, task: Task, stats: Stats) -> None:
+        cpu = time.process_time()
+        lay, g = self.layout, task.payload
+        excluded = np.empty(0, np.int64)
+        if self.config.dedup.exact_dups:  # as the reference: exact copies are left out of the near search
+            excluded = (
+                read_all_keyed(
+                    self.run, [lay.exact_file(b) for b in range(lay.exact_buckets)], g, EXACT_SCHEMA
+                )
+                .column("copy")
+                .to_numpy()
+            )
+        gids, hashes = [], []
+        for i in lay.group_shards(g):
+            t = self.run.read_parquet(hashes_path(lay.shards[i]), ["status", "phash"])
+            ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
+            keep = np.flatnonzero(ok)
+            gids.append(keep.astype(np.int64) + lay.offsets[i])
+            hashes.append(t.column("phash").fill_null(0).to_numpy().astype(np.uint64)[keep])
+        gid = np.concatenate(gids) if gids else np.zeros(0, np.int64)
+        h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        keep = ~np.isin(gid, excluded)
+        gid, h = gid[keep], h[keep]
+        bands = lay.bands
+        parts = (
+            np.concatenate(
+                [
+                    band * lay.near_buckets
+                    + band_bucket((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1), lay.near_buckets)
+                    for band, (shift, bits) in enumerate(bands)
+                ]
+            )
+            if bands
+            else np.zeros(0, np.int64)
+        )
+        table = pa.table(
+            {"gid": pa.array(np.tile(gid, len(bands))), "h": pa.array(np.tile(h, len(bands)))},
+            schema=BAND_SCHEMA,
+        )
+        write_keyed(self.run, lay.bands_file(g), table, parts)
+        stats.inc("rows", len(gid))
+        task_cost(self, task, stats, cpu)
+
+
+class PoolNear(PoolStage):
+    """Per band partition: each row's closest earlier first-of-their-hash rows agreeing first on this band."""
+
+    name = "dedup.pool_near"
+
+    def tasks(self) -> list[Task]:
+        return [Task(f"p{p:05d}", p) for p in range(len(self.layout.bands) * self.layout.near_buckets)]
+
+    def process(self, task: Task, stats: Stats) -> None:
+        cpu = time.process_time()
+        lay, p = self.layout, task.payload
+        tau = int(lay.tau)
+        band = p // lay.near_buckets
+        part = read_all_keyed(self.run, [lay.bands_file(g) for g in range(lay.groups)], p, BAND_SCHEMA)
+        out = near_in_band(part, tau, band, self.config.dedup.memory_limit)
+        self.run.write_parquet(lay.near_file(p), out)
+        stats.inc("rows", part.num_rows)
+        stats.inc("near_candidates", out.num_rows)
+        task_cost(self, task, stats, cpu)
+
+
+def near_in_band(part: pa.Table, tau: int, band: int, memory_limit: str | None = None) -> pa.Table:
+    """The reference's near search (``PoolIndex.near_pairs``) restricted to pairs whose first
+    agreeing band is ``band``, over the rows ``part`` (gid, h) of one partition of that band."""
+    subs = _substrings(tau)
+    cols = ", ".join(
+        ("h" if b == 64 else f"(h >> {s}) & {(1 << b) - 1}") + f" AS c{i}"
+        for i, (s, b) in enumerate(subs[: band + 1])
+    )
+    earlier_differ = "".join(f" AND a.c{j} <> b.c{j}" for j in range(band))
+    links = [] if band else ["SELECT h AS ha, h AS hb, 0 AS dist FROM reps"]  # a hash with itself: once
+    links.append(
+        f"SELECT a.h AS ha, b.h AS hb, bit_count(xor(a.h, b.h)) AS dist "
+        f"FROM reps a JOIN reps b ON a.c{band} = b.c{band} AND a.h <> b.h "
+        f"WHERE bit_count(xor(a.h, b.h)) <= {tau}{earlier_differ}"
+    )
+    with _duckdb(memory_limit) as con:
+        con.register("part", part)
+        con.execute(f"CREATE TEMP TABLE reps AS SELECT h, min(gid) AS first, {cols} FROM part GROUP BY h")
+        con.execute(f"CREATE TEMP TABLE links AS {' UNION ALL '.join(links)}")
+        out = con.sql(
+            f"""
+            SELECT n.gid AS later, r.first AS earlier, l.dist AS dist
+            FROM part n JOIN links l ON n.h = l.ha JOIN reps r ON r.h = l.hb
+            WHERE r.first < n.gid
+            QUALIFY row_number() OVER (PARTITION BY n.gid ORDER BY l.dist, r.first) <= {NEAREST}
+            """
+        ).to_arrow_table()
+    return pa.table(
+        {c: out.column(c).cast(pa.int64()) for c in ("later", "earlier", "dist")}, schema=NEAR_SCHEMA
+    )
+
+
+def merge_nearest(cand: np.ndarray) -> np.ndarray:
+    """``[k, 3]`` (later, earlier, dist) from several bands -> each later's :data:`NEAREST` closest
+    (ties: earlier first), sorted by (later, earlier): :meth:`PoolIndex.near_pairs`'s output."""
+    if not len(cand):
+        return np.zeros((0, 3), np.int64)
+    cand = cand[np.lexsort((cand[:, 1], cand[:, 2], cand[:, 0]))]
+    rank = np.arange(len(cand)) - np.searchsorted(cand[:, 0], cand[:, 0])
+    near = cand[rank < NEAREST]
+    return near[np.lexsort((near[:, 1], near[:, 0]))]
+
+
+@dataclass
+class PoolResult:
+    """What the driver keeps: exact copies (by copy) with their first copies, and near candidates."""
+
+    exact_copy: np.ndarray
+    exact_first: np.ndarray
+    near: np.ndarray  # [k, 3] int64 (later, earlier, distance), as PoolIndex.near_pairs
+    layout: Layout
+
+
+def clear(run: RunDir) -> None:
+    """Forget a previous search: its files and its sub-stages' completion markers."""
+    for rel in (POOL_DIR, *(f"_done/{name}" for name in SUB_STAGES)):
+        with contextlib.suppress(FileNotFoundError):
+            run.remove(rel, recursive=True)
+
+
+def find_pool_duplicates(
+    config, run: RunDir, shards: list[str], offsets: np.ndarray, progress: bool = True
+) -> PoolResult:
+    """Exact and near pool duplicates over ``hashes/<shard>.parquet`` by the partitioned joins
+    (``dedup.exact_dups``, ``dedup.pool_tau``, ``dedup.pool_partition_rows``); same output as
+    :class:`~dedup.pool.PoolIndex`'s ``exact_duplicates`` and ``near_pairs(tau, exclude=copies)``."""
+    from pipeline.runner import run_stage
+
+    cfg = config.dedup
+    layout = Layout.plan(shards, offsets, cfg.pool_partition_rows, cfg.pool_tau)
+    clear(run)
+    copy = first = np.zeros(0, np.int64)
+    if cfg.exact_dups:
+        run_stage(PoolKeys(config, run, layout), progress=progress, force=True)
+        run_stage(PoolExact(config, run, layout), progress=progress, force=True)
+        exact = pa.concat_tables(
+            ordered_map(lambda b: run.read_parquet(layout.exact_file(b)), range(layout.exact_buckets))
+        )
+        order = np.argsort(exact.column("copy").to_numpy(), kind="stable")
+        copy = exact.column("copy").to_numpy()[order]
+        first = exact.column("first").to_numpy()[order]
+    near = np.zeros((0, 3), np.int64)
+    if cfg.pool_tau is not None:
+        run_stage(PoolBands(config, run, layout), progress=progress, force=True)
+        run_stage(PoolNear(config, run, layout), progress=progress, force=True)
+        parts = list(
+            ordered_map(
+                lambda p: run.read_parquet(layout.near_file(p)),
+                range(len(layout.bands) * layout.near_buckets),
+            )
+        )
+        table = pa.concat_tables(parts)
+        near = merge_nearest(
+            np.stack([table.column(c).to_numpy() for c in ("later", "earlier", "dist")], axis=1)
+        )
+    return PoolResult(copy, first, near, layout)
