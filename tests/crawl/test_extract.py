@@ -80,7 +80,7 @@ def test_lf_only_http_headers_end_at_the_first_blank_line(tmp_path, make_config)
     with open(path, "wb") as fh:
         writer = WARCWriter(fh, gzip=True)
         writer.write_record(writer.create_warc_record("https://example.org/p", "response", payload=io.BytesIO(block)))
-    res, run = _extract(make_config, tmp_path, f"{{path: '{path}', kind: warc}}")
+    _, run = _extract(make_config, tmp_path, f"{{path: '{path}', kind: warc}}")
     got = sorted((r["url"], r["text"]) for r in _pool(run))
     assert got == [("https://cdn.example.org/a.jpg", "first image"), ("https://cdn.example.org/b.jpg", "second image")]
 
