@@ -329,7 +329,9 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
     from dedup.original import hash_original
     from dedup.phash import phash_thumbs
     from dedup.score import verify_scores
+    from dedup.verify import ThumbStack, clip_rescore
     from dedup.views import TRAIN_VIEWS, eval_views
+    from pipeline.evalsets import EvalRecord
 
     cfg = DedupConfig()
     views = eval_views(
@@ -359,6 +361,17 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
         cfg.verify_threshold - cfg.refine_margin,
         overlay=(cfg.overlay_drop, cfg.overlay_margin),
         band=cfg.overlay_band,
+    )
+    score, _ = clip_rescore(
+        [EvalRecord(i, 0, image_bytes=evals[i]) for i in eids],
+        pairs,
+        score,
+        ThumbStack(list(range(len(items))), t_th),
+        views,
+        cfg.clip_rescore_from,
+        cfg.verify_threshold,
+        cfg.original_decode_min_side,
+        cfg.trim_tolerance,
     )
     best = best_view_pair(pairs, score)
     rows = []
