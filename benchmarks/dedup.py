@@ -1,6 +1,6 @@
 """Benchmark of webclip dedup: detector quality, hashing throughput, search throughput.
 
-    python benchmarks/dedup.py [--part quality|hashing|search|all] [--out DIR]
+    python benchmarks/dedup.py [--part quality|hashing|download-hash|search|all] [--out DIR]
 
 1. Quality, through webclip's own pipeline (decoder, views, search, verification, the default
    thresholds of ``DedupConfig``): every shared photo is transformed (resize, JPEG, crops,
@@ -445,6 +445,50 @@ def _write_original_hashes(run) -> None:
     run.write_parquet("shards/00000.parquet", pa.table({"key": keys, **cols}))
 
 
+# ------------------------------------------------------------------ hashing at download
+def download_hash_cost(rounds: int) -> None:
+    """CPU ms per image of the download-time hashing (issue 18), on the real COCO photos: img2dataset's
+    own decode (paid anyway), the hash from a second decode of the bytes (before), and the hash from
+    the resizer's decode (now: :meth:`crawl.original_hashes.OriginalHasher.record` with the pixels).
+    CPU time (``time.process_time``), best of ``rounds``: stable on a shared machine."""
+    import cv2
+
+    from crawl.original_hashes import OriginalHasher
+    from dedup.original import hash_original
+
+    raw = [f.read_bytes() for f in sorted((SHARED / "photos").rglob("*.jpg"))]
+    bufs = [np.frombuffer(d, np.uint8) for d in raw]
+    decoded = [cv2.imdecode(b, cv2.IMREAD_UNCHANGED) for b in bufs]
+    hasher = OriginalHasher(CFG.original_decode_min_side, CFG.trim_tolerance)
+
+    def cpu_ms(fn) -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.process_time()
+            for i in range(len(raw)):
+                fn(i)
+            best = min(best, time.process_time() - t)
+        return best / len(raw) * 1e3
+
+    sides = {
+        "img2dataset's decode (`cv2.imdecode`, paid anyway)": lambda i: cv2.imdecode(
+            bufs[i], cv2.IMREAD_UNCHANGED
+        ),
+        "hash from a second decode of the bytes (`hash_original`, before)": lambda i: hash_original(
+            raw[i], CFG.original_decode_min_side, CFG.trim_tolerance
+        ),
+        "hash from the resizer's decode (`OriginalHasher.record`, now)": lambda i: hasher.record(
+            i, raw[i], (bufs[i], decoded[i])
+        ),
+    }
+    print(f"\n## Hashing at download: CPU ms per image ({len(raw)} COCO photos, best of {rounds})\n")
+    print("| work | CPU ms / image |")
+    print("|---|---|")
+    for name, fn in sides.items():
+        print(f"| {name} | {cpu_ms(fn):.2f} |")
+    print(f"\nhashed from the decode: {hasher.from_decode} of {len(raw) * rounds} calls")
+
+
 # ------------------------------------------------------------------ search
 def search(n_train: int, n_eval: int, tau: int) -> None:
     import faiss
@@ -515,7 +559,7 @@ def shard_search(n_train: int, n_eval_hashes: int, tau: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["quality", "hashing", "search", "all"], default="all")
+    ap.add_argument("--part", choices=["quality", "hashing", "download-hash", "search", "all"], default="all")
     ap.add_argument("--hash-images", type=int, default=2000)
     ap.add_argument("--hash-rounds", type=int, default=3)
     ap.add_argument("--train", type=int, default=1_000_000)
@@ -527,6 +571,8 @@ def main() -> None:
         quality(args.out)
     if args.part in ("hashing", "all"):
         hashing(args.hash_images, args.hash_rounds, args.out)
+    if args.part in ("download-hash", "all"):
+        download_hash_cost(args.hash_rounds)
     if args.part in ("search", "all"):
         search(args.train, args.eval, 8)
     print(f"load average at the end {os.getloadavg()}")

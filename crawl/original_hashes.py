@@ -179,6 +179,19 @@ def _jpeg_pixels(data: bytes, decoded: tuple[np.ndarray, Any] | None) -> np.ndar
     return img
 
 
+def hash_as_downloaded(data: bytes, min_side: int, trim_tol: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the downloader stores for published ``data``: hashed from img2dataset's decode
+    (``cv2.imdecode``, unchanged) where :meth:`OriginalHasher.record` would use it, else from the bytes.
+    For benchmarks and tests that stand in for the download; raises for bytes that are no image."""
+    import cv2
+
+    buf = np.frombuffer(data, np.uint8)
+    pixels = _jpeg_pixels(data, (buf, cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)))
+    if pixels is not None:
+        return hash_pixels(pixels, min_side, trim_tol)
+    return hash_original(data, min_side, trim_tol)
+
+
 def hash_downloads(config: Any) -> OriginalHasher | None:
     """The hasher for a download stage's config, or ``None`` when ``dedup.hash_at_download`` is off."""
     cfg = config.dedup

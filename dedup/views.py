@@ -149,9 +149,12 @@ def trim_boxes(
     # Most photos have no border: a side whose outermost line is not uniform has none (the run of
     # uniform lines is empty), so only images with a uniform outer line on some side are searched.
     # The same test as below on one line per side: at download time this is most of the saving.
-    maybe = np.zeros(b, bool)
-    for line in (grays[:, 0, :], grays[:, -1, :], grays[:, :, 0], grays[:, :, -1]):
-        maybe |= _uniform_lines(line[:, None, :], tol, min_frac, drift)[0][:, 0]
+    # (top and bottom lines in one call, left and right in another: 2 medians instead of 4)
+    rows = _uniform_lines(np.concatenate([grays[:, :1, :], grays[:, -1:, :]]), tol, min_frac, drift)[0]
+    cols = _uniform_lines(
+        np.concatenate([grays[:, None, :, 0], grays[:, None, :, -1]]), tol, min_frac, drift
+    )[0]
+    maybe = rows[:b, 0] | rows[b:, 0] | cols[:b, 0] | cols[b:, 0]
     if maybe.any():
         boxes[maybe] = _trim_search(grays[maybe], tol, min_frac, max_trim, edge_frac, drift, flat_std)
     return boxes

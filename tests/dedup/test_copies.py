@@ -1,7 +1,7 @@
 """Issue 18: the copies people make of real photos are found; real borders are trimmed, plain skies are not.
 
-The training side is hashed as the downloader hashes it (:func:`dedup.original.hash_original` on the
-published bytes), the eval side as the stage hashes an eval set; search and verification are the
+The training side is hashed as the downloader hashes it (:func:`crawl.original_hashes.hash_as_downloaded`
+on the published bytes), the eval side as the stage hashes an eval set; search and verification are the
 stage's own functions with the default configuration.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
+from crawl.original_hashes import hash_as_downloaded
 from dedup.config import DedupConfig
 from dedup.decode import decode_gray
 from dedup.detect import EvalViews, best_view_pair, compatible, match_views
@@ -64,7 +65,7 @@ def _detect(train: list[bytes], evals: list[bytes]) -> tuple[dict, np.ndarray]:
         [eval_thumbs(decode_gray(d, CFG.decode_min_side)[0], VIEWS, CFG.trim_tolerance) for d in evals]
     )
     e_h = phash_thumbs(e_th.reshape(-1, 32, 32)).reshape(len(evals), len(VIEWS))
-    t = [hash_original(d, CFG.original_decode_min_side, CFG.trim_tolerance) for d in train]
+    t = [hash_as_downloaded(d, CFG.original_decode_min_side, CFG.trim_tolerance) for d in train]
     t_h, t_th = np.stack([x[0] for x in t]), np.stack([x[1] for x in t])
     index = EvalViews.build(
         {v.name: e_h[:, i] for i, v in enumerate(VIEWS)}, np.ones(len(evals), bool), CFG.tau
