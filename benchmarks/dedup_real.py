@@ -368,6 +368,7 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
         pairs,
         score,
         ThumbStack(list(range(len(items))), t_th),
+        ThumbStack(list(range(len(eids))), e_th),
         views,
         cfg.clip_rescore_from,
         cfg.verify_threshold,

@@ -231,7 +231,7 @@ class DedupStage(Stage):
             clip_rescored = 0
             if profile == "natural" and cfg.clip_rescore_from is not None:
                 score, clip_rescored = clip_rescore(
-                    open_evalset(spec), pairs, score, thumbs, views, cfg.clip_rescore_from, thr,
+                    open_evalset(spec), pairs, score, thumbs, e_thumbs, views, cfg.clip_rescore_from, thr,
                     cfg.original_decode_min_side, cfg.trim_tolerance,
                 )  # fmt: skip
             table, hit_rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)

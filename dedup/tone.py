@@ -31,10 +31,14 @@ CLIP_QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 SATURATED = 5
 
 
-def clipped(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Whether each thumbnail ``(P, 32, 32)`` has clipped highlights, and clipped shadows."""
-    t = np.asarray(thumbs).reshape(len(thumbs), -1)
-    return t.max(axis=1) >= 255 - SATURATED, t.min(axis=1) <= SATURATED
+def clipped(train: np.ndarray, evals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair of thumbnails ``(P, 32, 32)``: whether the training one has more clipped highlights
+    than the eval one, and more clipped shadows: what an edit that reached white (black) leaves.
+    A pair clipped alike on both sides (an exact copy of a photo with a white sky) is not re-rendered."""
+    t = np.asarray(train).reshape(len(train), -1)
+    e = np.asarray(evals).reshape(len(evals), -1)
+    hi, lo = 255 - SATURATED, SATURATED
+    return (t >= hi).sum(axis=1) > (e >= hi).sum(axis=1), (t <= lo).sum(axis=1) > (e <= lo).sum(axis=1)
 
 
 def clip_renders(gray: np.ndarray, view: View, trim: tuple[int, ...], high: bool, low: bool) -> np.ndarray:
@@ -53,13 +57,9 @@ def clip_renders(gray: np.ndarray, view: View, trim: tuple[int, ...], high: bool
     return np.stack(out) if out else np.zeros((0, 32, 32), np.uint8)
 
 
-def clip_score(train_thumb: np.ndarray, gray: np.ndarray, view: View, trim: tuple[int, ...]) -> float:
-    """The best verification score (coarse, ±1 px) of a training thumbnail against the eval view
-    rendered with clipped highlights/shadows; -1 when the training thumbnail has none clipped."""
-    high, low = clipped(train_thumb[None])
-    if not (high[0] or low[0]):
-        return -1.0
-    renders = clip_renders(gray, view, trim, bool(high[0]), bool(low[0]))
+def clip_score(train_thumb: np.ndarray, renders: np.ndarray) -> float:
+    """The best verification score (coarse, ±1 px) of a training thumbnail against the clipped
+    renders of the eval view (:func:`clip_renders`); -1 when there are none."""
     if not len(renders):
         return -1.0
     score, _ = coarse(np.repeat(train_thumb[None], len(renders), axis=0), renders)

@@ -22,7 +22,7 @@ from dedup.detect import best_view_pair
 from dedup.hashing import eval_gray, eval_thumbs
 from dedup.score import verify_scores
 from dedup.thumbs import load_thumbs
-from dedup.tone import clip_score, clipped
+from dedup.tone import clip_renders, clip_score, clipped
 from dedup.views import TRAIN_VIEWS, View, trim_boxes
 from pipeline.evalsets import EvalRecord, EvalSet
 from pipeline.rundir import RunDir
@@ -154,6 +154,7 @@ def clip_rescore(
     pairs: dict[str, np.ndarray],
     score: np.ndarray,
     train: ThumbStack,
+    evals: ThumbStack,
     views: tuple[View, ...],
     lo: float,
     hi: float,
@@ -162,16 +163,21 @@ def clip_rescore(
 ) -> tuple[np.ndarray, int]:
     """Scores of ``pairs`` raised where a tone edit clipped the training image (:mod:`dedup.tone`).
 
-    Only view pairs scoring in [``lo``, ``hi``) whose training thumbnail has clipped highlights or
-    shadows are re-scored (a few per thousand): their eval images (``es``, in row order) are decoded again at ``min_side``
-    (the originals' scale: finer than the hashing decode) and rendered clipped. Returns the new
-    scores and how many view pairs were re-scored.
+    Only view pairs scoring in [``lo``, ``hi``) whose training thumbnail has more clipped highlights
+    or shadows than the eval thumbnail are re-scored: their eval images (``es``, in row order) are
+    decoded again at ``min_side`` (the originals' scale: finer than the hashing decode) and each eval
+    view is rendered clipped once, for every training image it met. Returns the new scores and how
+    many view pairs were re-scored.
     """
     idx = np.flatnonzero((score >= lo) & (score < hi))
+    high = low = np.zeros(0, bool)
     if len(idx):
-        a = train.take(pairs["train_row"][idx], pairs["train_view"][idx])
-        high, low = clipped(a)
-        idx = idx[high | low]
+        high, low = clipped(
+            train.take(pairs["train_row"][idx], pairs["train_view"][idx]),
+            evals.take(pairs["eval_row"][idx], pairs["eval_view"][idx]),
+        )
+        keep = high | low
+        idx, high, low = idx[keep], high[keep], low[keep]
     if not len(idx):
         return score, 0
     wanted = {int(r) for r in pairs["eval_row"][idx]}
@@ -181,10 +187,14 @@ def clip_rescore(
             g = eval_gray(rec, min_side)
             grays[row] = (g, tuple(int(x) for x in trim_boxes(g[None], trim_tol)[0]))
     out = score.copy()
-    for k in idx:
-        g, trim = grays[int(pairs["eval_row"][k])]
+    renders: dict[tuple[int, int, bool, bool], np.ndarray] = {}
+    for k, h, lw in zip(idx.tolist(), high.tolist(), low.tolist(), strict=True):
+        er, ev = int(pairs["eval_row"][k]), int(pairs["eval_view"][k])
+        if (er, ev, h, lw) not in renders:
+            g, trim = grays[er]
+            renders[(er, ev, h, lw)] = clip_renders(g, views[ev], trim, h, lw)
         a = train.take(pairs["train_row"][k : k + 1], pairs["train_view"][k : k + 1])[0]
-        out[k] = max(out[k], clip_score(a, g, views[int(pairs["eval_view"][k])], trim))
+        out[k] = max(out[k], clip_score(a, renders[(er, ev, h, lw)]))
     return out, len(idx)
 
 

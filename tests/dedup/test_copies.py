@@ -88,6 +88,7 @@ def _detect(train: list[bytes], evals: list[bytes]) -> tuple[dict, np.ndarray]:
         pairs,
         score,
         ThumbStack(list(range(len(train))), t_th),
+        ThumbStack(list(range(len(evals))), e_th),
         VIEWS,
         CFG.clip_rescore_from,
         CFG.verify_threshold,
