@@ -9,13 +9,15 @@ and no remapping of thumbnails undoes it. On a soft, bright photo (mist, snow, a
 clipped part is where the texture was, and the correlation drops under the threshold.
 
 What is done instead is to re-render the edit on the evaluation side: when the training thumbnail
-shows clipped highlights (shadows), the eval image is decoded again, clipped at a level ``h`` (``l``),
+has more clipped highlights (shadows) than the eval view's, the eval image is decoded again, clipped at a level ``h`` (``l``),
 cut to the view that matched and reduced to a thumbnail, then scored as before. Pearson is
 invariant to the edit's scale and offset, so the clip level is the edit's only parameter left; it
 is searched over a few quantiles of the eval image's own levels (:data:`CLIP_QUANTILES`): one
 parameter, monotone, and only ever the one a brightness/contrast edit has. Two different pictures
 gain little from it (clipping removes information on the eval side, it cannot add the training
-side's texture), while a clipped copy is rendered as it was made.
+side's texture), while a clipped copy is rendered as it was made. Tried and dropped: matching the
+thumbnails' histograms (any monotone curve: it lifted a distinct pair over the threshold) and
+leaving the saturated thumbnail pixels out (the partly clipped ones around them still differ).
 """
 
 from __future__ import annotations
