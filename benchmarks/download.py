@@ -188,7 +188,7 @@ def write_urls(folder: Path, port: int, n: int, hosts: int, zipf: float, seed: i
     return path
 
 
-def run_bare(urls: Path, out: Path, args, server_pid: int) -> tuple[float, int, int]:
+def run_bare(urls: Path, out: Path, args, server_pid: int) -> tuple[float, int, int, float]:
     from img2dataset import download
 
     with PeakRSS({server_pid}) as mem, open(os.devnull, "w") as null:
@@ -225,7 +225,7 @@ def run_bare(urls: Path, out: Path, args, server_pid: int) -> tuple[float, int, 
     return secs, ok, mem.peak, mem.cpu
 
 
-def run_webclip(folder: Path, args, server_pid: int, hashing: bool = True) -> tuple[float, int, int]:
+def run_webclip(folder: Path, args, server_pid: int, hashing: bool = True) -> tuple[float, int, int, float]:
     from crawl.download import DownloadStage
     from pipeline.config import load_config
     from pipeline.rundir import RunDir
@@ -311,15 +311,21 @@ def main() -> None:
 
     top = host_address(0)
 
-    def row(name: str, runs: list[tuple[float, int, int]], host_peaks: list[Counter[str]]) -> tuple[float, str]:
+    def row(
+        name: str, runs: list[tuple[float, int, int, float]], host_peaks: list[Counter[str]]
+    ) -> tuple[float, float, str]:
         rate = statistics.median(args.n / s for s, *_ in runs)
         ok = min(r[1] for r in runs)
         peak = max(r[2] for r in runs) / 2**20
         cpu_ms = statistics.median(r[3] for r in runs) / args.n * 1e3
         busiest = max(p[top] for p in host_peaks)
-        return rate, cpu_ms, (
-            f"{name:<22} {rate:>9.0f} {rate / args.processes:>12.0f} {cpu_ms:>14.2f} {peak:>12.0f} "
-            f"{ok:>8}/{args.n} {busiest:>14}"
+        return (
+            rate,
+            cpu_ms,
+            (
+                f"{name:<22} {rate:>9.0f} {rate / args.processes:>12.0f} {cpu_ms:>14.2f} {peak:>12.0f} "
+                f"{ok:>8}/{args.n} {busiest:>14}"
+            ),
         )
 
     top_share = 1 / sum(1 / k**args.zipf for k in range(1, args.hosts + 1))  # expected share of host 0
