@@ -1,6 +1,6 @@
 """Benchmark of webclip dedup: detector quality, hashing throughput, search throughput.
 
-    python benchmarks/dedup.py [--part quality|hashing|search|all] [--out DIR]
+    python benchmarks/dedup.py [--part quality|hashing|download-hash|search|all] [--out DIR]
 
 1. Quality, through webclip's own pipeline (decoder, views, search, verification, the default
    thresholds of ``DedupConfig``): every shared photo is transformed (resize, JPEG, crops,
@@ -42,7 +42,9 @@ from dedup.hashing import eval_gray, eval_thumbs, extreme_fraction
 from dedup.phash import phash_thumbs
 from dedup.score import verify_scores
 from dedup.search import search_pairs
+from dedup.verify import ThumbStack, clip_rescore
 from dedup.views import TRAIN_VIEWS, eval_views, train_thumbs
+from pipeline.evalsets import EvalRecord
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CFG = DedupConfig()
@@ -131,8 +133,9 @@ def _train_side(grays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndar
     return {v.name: phash_thumbs(th[:, i]) for i, v in enumerate(TRAIN_VIEWS)}, th
 
 
-def _detect(t_h, t_th, e_h, e_th, profile: str, tau: int, thr: float, block: int = 65536):
-    """Best view pair per (train, eval) image within tau and its verification score, as the stage does."""
+def _detect(t_h, t_th, e_h, e_th, profile: str, tau: int, thr: float, recs=None, block: int = 65536):
+    """Best view pair per (train, eval) image within tau and its verification score, as the stage does
+    (``recs``: the eval records, for the re-scoring of clipped tone edits; ``None`` skips it)."""
     # as the stage does: line-art sets are not searched through flips and rotations
     skip = frozenset(v.name for v in VIEWS if v.flip or v.angle) if profile == "lineart" else frozenset()
     p = match_views(t_h, np.ones(len(t_th), bool), EvalViews.build(e_h, np.ones(len(e_th), bool), tau, skip))
@@ -146,6 +149,19 @@ def _detect(t_h, t_th, e_h, e_th, profile: str, tau: int, thr: float, block: int
         a = t_th[p["train_row"][sl], p["train_view"][sl]]
         b = e_th[p["eval_row"][sl], p["eval_view"][sl]]
         score[sl] = verify_scores(a, b, refine_from, overlay=overlay, band=CFG.overlay_band if overlay else 0)
+    if profile == "natural" and CFG.clip_rescore_from is not None and recs is not None:
+        score, _ = clip_rescore(
+            recs,
+            p,
+            score,
+            ThumbStack(list(range(len(t_th))), t_th),
+            ThumbStack(list(range(len(e_th))), e_th),
+            VIEWS,
+            CFG.clip_rescore_from,
+            thr,
+            CFG.original_decode_min_side,
+            CFG.trim_tolerance,
+        )
     best = best_view_pair(p, score)
     return {k: v[best] for k, v in p.items()}, score[best]
 
@@ -160,6 +176,7 @@ def quality(out: Path) -> None:
     rng = np.random.default_rng(0)
     files = sorted((SHARED / "photos").rglob("*.jpg"))
     raw = [f.read_bytes() for f in files]
+    recs = [EvalRecord(f.name, 0, image_bytes=d) for f, d in zip(files, raw, strict=True)]
     photos = [Image.open(io.BytesIO(d)).convert("RGB") for d in raw]
     e_h, e_th, extreme = _eval_side([decode_gray(d, CFG.decode_min_side)[0] for d in raw])
     profile, tau, thr = _set_thresholds("photos", extreme)
@@ -180,7 +197,7 @@ def quality(out: Path) -> None:
             ]
         )
         t_h, t_th = _train_side([decode_gray(b, CFG.decode_min_side)[0] for b in t_bytes])
-        p, score = _detect(t_h, t_th, e_h, e_th, profile, tau, thr)
+        p, score = _detect(t_h, t_th, e_h, e_th, profile, tau, thr, recs)
         same = p["train_row"] == p["eval_row"]
         found = np.zeros(n, bool)
         found[p["train_row"][same]] = True
@@ -216,7 +233,7 @@ def _small_set_recall() -> None:
         }.items():
             t_bytes = [_jpeg_bytes(fn(r.rgb().resize((256, 256), Image.BICUBIC))) for r in recs]
             t_h, t_th = _train_side([decode_gray(b, CFG.decode_min_side)[0] for b in t_bytes])
-            p, score = _detect(t_h, t_th, e_h, e_th, profile, tau, thr)
+            p, score = _detect(t_h, t_th, e_h, e_th, profile, tau, thr, recs)
             same = p["train_row"] == p["eval_row"]
             found = np.zeros(len(recs), bool)
             found[p["train_row"][same]] = True
@@ -248,6 +265,7 @@ def _false_pairs(files: list[Path], raw: list[bytes], out: Path) -> None:
     for name in ("photos", "cifar10", "mnist"):
         if name == "photos":
             grays = [decode_gray(d, CFG.decode_min_side)[0] for d in raw]
+            recs = [EvalRecord(f.name, 0, image_bytes=d) for f, d in zip(files, raw, strict=True)]
             ids = [f.name for f in files]
             show = [Image.open(io.BytesIO(d)).convert("RGB") for d in raw]
         else:
@@ -258,7 +276,7 @@ def _false_pairs(files: list[Path], raw: list[bytes], out: Path) -> None:
         e_h, e_th, extreme = _eval_side(grays)
         profile, tau, thr = _set_thresholds(name, extreme)
         t_h, t_th = _train_side(grays)
-        p, score = _detect(t_h, t_th, e_h, e_th, profile, tau, thr)
+        p, score = _detect(t_h, t_th, e_h, e_th, profile, tau, thr, recs)
         a, b = p["train_row"], p["eval_row"]
         m = len(grays)
         key = np.minimum(a, b) * m + np.maximum(a, b)
@@ -428,6 +446,50 @@ def _write_original_hashes(run) -> None:
     run.write_parquet("shards/00000.parquet", pa.table({"key": keys, **cols}))
 
 
+# ------------------------------------------------------------------ hashing at download
+def download_hash_cost(rounds: int) -> None:
+    """CPU ms per image of the download-time hashing (issue 18), on the real COCO photos: img2dataset's
+    own decode (paid anyway), the hash from a second decode of the bytes (before), and the hash from
+    the resizer's decode (now: :meth:`crawl.original_hashes.OriginalHasher.record` with the pixels).
+    CPU time (``time.process_time``), best of ``rounds``: stable on a shared machine."""
+    import cv2
+
+    from crawl.original_hashes import OriginalHasher
+    from dedup.original import hash_original
+
+    raw = [f.read_bytes() for f in sorted((SHARED / "photos").rglob("*.jpg"))]
+    bufs = [np.frombuffer(d, np.uint8) for d in raw]
+    decoded = [cv2.imdecode(b, cv2.IMREAD_UNCHANGED) for b in bufs]
+    hasher = OriginalHasher(CFG.original_decode_min_side, CFG.trim_tolerance)
+
+    def cpu_ms(fn) -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.process_time()
+            for i in range(len(raw)):
+                fn(i)
+            best = min(best, time.process_time() - t)
+        return best / len(raw) * 1e3
+
+    sides = {
+        "img2dataset's decode (`cv2.imdecode`, paid anyway)": lambda i: cv2.imdecode(
+            bufs[i], cv2.IMREAD_UNCHANGED
+        ),
+        "hash from a second decode of the bytes (`hash_original`, before)": lambda i: hash_original(
+            raw[i], CFG.original_decode_min_side, CFG.trim_tolerance
+        ),
+        "hash from the resizer's decode (`OriginalHasher.record`, now)": lambda i: hasher.record(
+            i, raw[i], (bufs[i], decoded[i])
+        ),
+    }
+    print(f"\n## Hashing at download: CPU ms per image ({len(raw)} COCO photos, best of {rounds})\n")
+    print("| work | CPU ms / image |")
+    print("|---|---|")
+    for name, fn in sides.items():
+        print(f"| {name} | {cpu_ms(fn):.2f} |")
+    print(f"\nhashed from the decode: {hasher.from_decode} of {len(raw) * rounds} calls")
+
+
 # ------------------------------------------------------------------ search
 def search(n_train: int, n_eval: int, tau: int) -> None:
     import faiss
@@ -498,7 +560,7 @@ def shard_search(n_train: int, n_eval_hashes: int, tau: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["quality", "hashing", "search", "all"], default="all")
+    ap.add_argument("--part", choices=["quality", "hashing", "download-hash", "search", "all"], default="all")
     ap.add_argument("--hash-images", type=int, default=2000)
     ap.add_argument("--hash-rounds", type=int, default=3)
     ap.add_argument("--train", type=int, default=1_000_000)
@@ -510,6 +572,8 @@ def main() -> None:
         quality(args.out)
     if args.part in ("hashing", "all"):
         hashing(args.hash_images, args.hash_rounds, args.out)
+    if args.part in ("download-hash", "all"):
+        download_hash_cost(args.hash_rounds)
     if args.part in ("search", "all"):
         search(args.train, args.eval, 8)
     print(f"load average at the end {os.getloadavg()}")

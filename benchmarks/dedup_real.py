@@ -321,15 +321,18 @@ def run_real(
 
 # ------------------------------------------------------------------ in-process
 def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]:
-    """The same decisions in-process: original hashes as the downloader takes them, eval views, search, verify."""
+    """The same decisions in-process: original hashes as the downloader takes them (from img2dataset's
+    decode, :func:`crawl.original_hashes.hash_as_downloaded`), eval views, search, verify."""
+    from crawl.original_hashes import hash_as_downloaded
     from dedup.config import DedupConfig
     from dedup.decode import decode_gray
     from dedup.detect import EvalViews, best_view_pair, match_views
     from dedup.hashing import eval_thumbs
-    from dedup.original import hash_original
     from dedup.phash import phash_thumbs
     from dedup.score import verify_scores
+    from dedup.verify import ThumbStack, clip_rescore
     from dedup.views import TRAIN_VIEWS, eval_views
+    from pipeline.evalsets import EvalRecord
 
     cfg = DedupConfig()
     views = eval_views(
@@ -342,7 +345,7 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
     e_hash = phash_thumbs(e_th.reshape(-1, 32, 32)).reshape(len(eids), len(views))
     t_h, t_th = [], []
     for _, d, *_ in items:
-        h, th = hash_original(d, cfg.original_decode_min_side, cfg.trim_tolerance)
+        h, th = hash_as_downloaded(d, cfg.original_decode_min_side, cfg.trim_tolerance)
         t_h.append(h)
         t_th.append(th)
     t_h, t_th = np.stack(t_h), np.stack(t_th)
@@ -359,6 +362,18 @@ def run_library(evals: dict[str, bytes], items: list) -> tuple[list[dict], dict]
         cfg.verify_threshold - cfg.refine_margin,
         overlay=(cfg.overlay_drop, cfg.overlay_margin),
         band=cfg.overlay_band,
+    )
+    score, _ = clip_rescore(
+        [EvalRecord(i, 0, image_bytes=evals[i]) for i in eids],
+        pairs,
+        score,
+        ThumbStack(list(range(len(items))), t_th),
+        ThumbStack(list(range(len(eids))), e_th),
+        views,
+        cfg.clip_rescore_from,
+        cfg.verify_threshold,
+        cfg.original_decode_min_side,
+        cfg.trim_tolerance,
     )
     best = best_view_pair(pairs, score)
     rows = []

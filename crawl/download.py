@@ -271,7 +271,7 @@ class DownloadStage(Stage):
         downloader = _safe_downloader_class()(
             hasher.wrap(fetcher) if hasher is not None else fetcher,
             sample_writer_class=WebDatasetSampleWriter,
-            resizer=resizer,
+            resizer=hasher.wrap_resizer(resizer) if hasher is not None else resizer,
             thread_count=cfg.thread_count,
             save_caption=True,
             extract_exif=False,

@@ -102,6 +102,15 @@ class DedupConfig(Section):
         description="natural images: verification also scores a pair without its top or bottom this many rows "
         "of the 30 it compares (a caption band); 0 turns this off",
     )
+    clip_rescore_from: float | None = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="natural images: view pairs scoring at least this (and under the threshold) whose training "
+        "thumbnail has clipped highlights or shadows are re-scored against the eval view rendered with the "
+        "same clipping (a brightness or contrast edit; dedup.tone); a bound on that work, not a threshold. "
+        "null turns this off",
+    )
     per_set: dict[str, EvalSetThresholds] = Field(
         default_factory=dict,
         description="overrides by eval set name, e.g. {mnist: {profile: lineart}} or {cifar10: {verify_threshold: 0.97}}",

@@ -58,7 +58,7 @@ from dedup.rows import ShardRows, hashes_path
 from dedup.score import verify_scores
 from dedup.shards import iter_samples
 from dedup.thumbs import CANDIDATES, CandidateThumbsStage
-from dedup.verify import eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
+from dedup.verify import clip_rescore, eval_view_thumbs, score_view_pairs, train_view_thumbs, verify_pairs
 from dedup.views import TRAIN_VIEWS, View, eval_views
 from pipeline.errors import ConfigError
 from pipeline.evalsets import open_evalset
@@ -212,6 +212,12 @@ class DedupStage(Stage):
             score = score_view_pairs(
                 pairs, thumbs, e_thumbs, refine_from, overlay=overlay, band=cfg.overlay_band
             )
+            clip_rescored = 0
+            if profile == "natural" and cfg.clip_rescore_from is not None:
+                score, clip_rescored = clip_rescore(
+                    open_evalset(spec), pairs, score, thumbs, e_thumbs, views, cfg.clip_rescore_from, thr,
+                    cfg.original_decode_min_side, cfg.trim_tolerance,
+                )  # fmt: skip
             table, hit_rows = verify_pairs(spec.name, pairs, score, [v.name for v in views], ev, thr)
             m = [meta.get(int(i), {}) for i in hit_rows]
             for name, col in ids.take(hit_rows, ("uid", "shard", "key")).items():
@@ -235,6 +241,7 @@ class DedupStage(Stage):
                 "verify_threshold": thr,
                 "candidate_pairs": table.num_rows,
                 "candidate_view_pairs": len(pairs["train_row"]),
+                "clip_rescored_view_pairs": clip_rescored,
                 "confirmed_pairs": int(np.sum(confirmed)),
                 "eval_images_overlapping": len(set(eval_hit.to_pylist())),
                 "overlap_rate": round(len(set(eval_hit.to_pylist())) / max(n_eval, 1), 6),

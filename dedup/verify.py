@@ -13,6 +13,8 @@ The score itself is in :mod:`dedup.score`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pyarrow as pa
 
@@ -20,8 +22,9 @@ from dedup.detect import best_view_pair
 from dedup.hashing import eval_gray, eval_thumbs
 from dedup.score import verify_scores
 from dedup.thumbs import load_thumbs
-from dedup.views import TRAIN_VIEWS, View
-from pipeline.evalsets import EvalSet
+from dedup.tone import clip_renders, clip_score, clipped
+from dedup.views import TRAIN_VIEWS, View, trim_boxes
+from pipeline.evalsets import EvalRecord, EvalSet
 from pipeline.rundir import RunDir
 
 THUMB = 32
@@ -144,6 +147,55 @@ def score_view_pairs(
         b = evals.take(pairs["eval_row"][sl], pairs["eval_view"][sl])
         out[sl] = verify_scores(a, b, refine_from, overlay=overlay, band=band)
     return out
+
+
+def clip_rescore(
+    es: Iterable[EvalRecord],
+    pairs: dict[str, np.ndarray],
+    score: np.ndarray,
+    train: ThumbStack,
+    evals: ThumbStack,
+    views: tuple[View, ...],
+    lo: float,
+    hi: float,
+    min_side: int,
+    trim_tol: int,
+) -> tuple[np.ndarray, int]:
+    """Scores of ``pairs`` raised where a tone edit clipped the training image (:mod:`dedup.tone`).
+
+    Only view pairs scoring in [``lo``, ``hi``) whose training thumbnail has more clipped highlights
+    or shadows than the eval thumbnail are re-scored: their eval images (``es``, in row order) are
+    decoded again at ``min_side`` (the originals' scale: finer than the hashing decode) and each eval
+    view is rendered clipped once, for every training image it met. Returns the new scores and how
+    many view pairs were re-scored.
+    """
+    idx = np.flatnonzero((score >= lo) & (score < hi))
+    high = low = np.zeros(0, bool)
+    if len(idx):
+        high, low = clipped(
+            train.take(pairs["train_row"][idx], pairs["train_view"][idx]),
+            evals.take(pairs["eval_row"][idx], pairs["eval_view"][idx]),
+        )
+        keep = high | low
+        idx, high, low = idx[keep], high[keep], low[keep]
+    if not len(idx):
+        return score, 0
+    wanted = {int(r) for r in pairs["eval_row"][idx]}
+    grays: dict[int, tuple[np.ndarray, tuple[int, ...]]] = {}
+    for row, rec in enumerate(es):
+        if row in wanted:
+            g = eval_gray(rec, min_side)
+            grays[row] = (g, tuple(int(x) for x in trim_boxes(g[None], trim_tol)[0]))
+    out = score.copy()
+    renders: dict[tuple[int, int, bool, bool], np.ndarray] = {}
+    for k, h, lw in zip(idx.tolist(), high.tolist(), low.tolist(), strict=True):
+        er, ev = int(pairs["eval_row"][k]), int(pairs["eval_view"][k])
+        if (er, ev, h, lw) not in renders:
+            g, trim = grays[er]
+            renders[(er, ev, h, lw)] = clip_renders(g, views[ev], trim, h, lw)
+        a = train.take(pairs["train_row"][k : k + 1], pairs["train_view"][k : k + 1])[0]
+        out[k] = max(out[k], clip_score(a, renders[(er, ev, h, lw)]))
+    return out, len(idx)
 
 
 def verify_pairs(

@@ -146,6 +146,48 @@ def trim_boxes(
     boxes[:, 2], boxes[:, 3] = w, h
     if b == 0 or min(h, w) < MIN_TRIM_SIDE:
         return boxes
+    # Most photos have no border: a side whose outermost line is not uniform has none (the run of
+    # uniform lines is empty), so only images with a uniform outer line on some side are searched.
+    # The same test as below on one line per side: at download time this is most of the saving.
+    # (top and bottom lines in one call, left and right in another: 2 medians instead of 4)
+    rows = _uniform_lines(np.concatenate([grays[:, :1, :], grays[:, -1:, :]]), tol, min_frac, drift)[0]
+    cols = _uniform_lines(
+        np.concatenate([grays[:, None, :, 0], grays[:, None, :, -1]]), tol, min_frac, drift
+    )[0]
+    maybe = rows[:b, 0] | rows[b:, 0] | cols[:b, 0] | cols[b:, 0]
+    if maybe.any():
+        boxes[maybe] = _trim_search(grays[maybe], tol, min_frac, max_trim, edge_frac, drift, flat_std)
+    return boxes
+
+
+def _uniform_lines(
+    lines: np.ndarray, tol: int, min_frac: float, drift: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which lines of ``lines`` (B, k, n: k lines from the outside in) are uniform with the outermost
+    line's median (``ok``, (B, k)), and that median (B,)."""
+    ref = np.median(lines[:, 0, :], axis=1).astype(np.int16)
+    signed = lines.astype(np.int16) - ref[:, None, None]
+    near = np.abs(signed) <= tol
+    count = near.sum(axis=2)
+    # the line's level: the mean of its pixels near the border colour (a median per line costs
+    # more than the rest of the hash at download time, and the outliers are already left out)
+    level = np.where(near, signed, 0).sum(axis=2) / np.maximum(count, 1)
+    return (count >= min_frac * lines.shape[2]) & (np.abs(level) <= drift), ref
+
+
+def _trim_search(
+    grays: np.ndarray,
+    tol: int,
+    min_frac: float,
+    max_trim: float,
+    edge_frac: float,
+    drift: float,
+    flat_std: float,
+) -> np.ndarray:
+    """:func:`trim_boxes` for images that may have a border (the whole search)."""
+    b, h, w = grays.shape
+    boxes = np.zeros((b, 4), np.int64)
+    boxes[:, 2], boxes[:, 3] = w, h
     kh, kw = max(1, int(h * max_trim)), max(1, int(w * max_trim))
     # Each side as (B, k, n): k lines from the outside in, n pixels per line.
     sides = (
@@ -156,14 +198,7 @@ def trim_boxes(
     )
     runs, refs, prefixes = [], [], []
     for lines in sides:
-        ref = np.median(lines[:, 0, :], axis=1).astype(np.int16)
-        signed = lines.astype(np.int16) - ref[:, None, None]
-        near = np.abs(signed) <= tol
-        count = near.sum(axis=2)
-        # the line's level: the mean of its pixels near the border colour (a median per line costs
-        # more than the rest of the hash at download time, and the outliers are already left out)
-        level = np.where(near, signed, 0).sum(axis=2) / np.maximum(count, 1)
-        ok = (count >= min_frac * lines.shape[2]) & (np.abs(level) <= drift)
+        ok, ref = _uniform_lines(lines, tol, min_frac, drift)
         uniform = np.where(ok.all(axis=1), ok.shape[1], np.argmin(ok, axis=1))  # uniform lines from outside
         runs.append(np.where(uniform == ok.shape[1], 0, uniform))  # all k lines uniform: content
         prefixes.append(uniform)

@@ -1,7 +1,7 @@
 """Issue 18: the copies people make of real photos are found; real borders are trimmed, plain skies are not.
 
-The training side is hashed as the downloader hashes it (:func:`dedup.original.hash_original` on the
-published bytes), the eval side as the stage hashes an eval set; search and verification are the
+The training side is hashed as the downloader hashes it (:func:`crawl.original_hashes.hash_as_downloaded`
+on the published bytes), the eval side as the stage hashes an eval set; search and verification are the
 stage's own functions with the default configuration.
 """
 
@@ -11,8 +11,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
+from crawl.original_hashes import hash_as_downloaded
 from dedup.config import DedupConfig
 from dedup.decode import decode_gray
 from dedup.detect import EvalViews, best_view_pair, compatible, match_views
@@ -20,7 +21,9 @@ from dedup.hashing import eval_thumbs
 from dedup.original import hash_original
 from dedup.phash import phash_thumbs
 from dedup.score import overlay_scores, verify_scores
+from dedup.verify import ThumbStack, clip_rescore
 from dedup.views import TRAIN_VIEWS, eval_views, trim_boxes
+from pipeline.evalsets import EvalRecord
 from tests.dedup.copies import canvas, caption, copies, jpeg
 
 CFG = DedupConfig()
@@ -37,6 +40,18 @@ PLAIN_AREAS = (
     "val2017/000000128051.jpg",
     "train2017/000000489520.jpg",
 )
+#: Real COCO photos with bright areas (overcast sky, snow, white walls, a lit window): brightened by
+#: 40 %, their highlights clip to white and the plain correlation of thumbnails falls to 0.93-0.96.
+BRIGHT_AREAS = (
+    "train2017/000000129648.jpg",
+    "train2017/000000183872.jpg",
+    "train2017/000000213148.jpg",
+    "val2017/000000034417.jpg",
+    "val2017/000000126107.jpg",
+    "val2017/000000205401.jpg",
+    "val2017/000000273232.jpg",
+    "val2017/000000349860.jpg",
+)
 
 
 def _coco(shared_data, n: int, start: int = 0) -> list[bytes]:
@@ -50,7 +65,7 @@ def _detect(train: list[bytes], evals: list[bytes]) -> tuple[dict, np.ndarray]:
         [eval_thumbs(decode_gray(d, CFG.decode_min_side)[0], VIEWS, CFG.trim_tolerance) for d in evals]
     )
     e_h = phash_thumbs(e_th.reshape(-1, 32, 32)).reshape(len(evals), len(VIEWS))
-    t = [hash_original(d, CFG.original_decode_min_side, CFG.trim_tolerance) for d in train]
+    t = [hash_as_downloaded(d, CFG.original_decode_min_side, CFG.trim_tolerance) for d in train]
     t_h, t_th = np.stack([x[0] for x in t]), np.stack([x[1] for x in t])
     index = EvalViews.build(
         {v.name: e_h[:, i] for i, v in enumerate(VIEWS)}, np.ones(len(evals), bool), CFG.tau
@@ -66,6 +81,19 @@ def _detect(train: list[bytes], evals: list[bytes]) -> tuple[dict, np.ndarray]:
         CFG.verify_threshold - CFG.refine_margin,
         overlay=(CFG.overlay_drop, CFG.overlay_margin),
         band=CFG.overlay_band,
+    )
+    # as the stage does: pairs whose training thumbnail has clipped highlights/shadows are re-scored
+    score, _ = clip_rescore(
+        [EvalRecord(str(i), 0, image_bytes=d) for i, d in enumerate(evals)],
+        pairs,
+        score,
+        ThumbStack(list(range(len(train))), t_th),
+        ThumbStack(list(range(len(evals))), e_th),
+        VIEWS,
+        CFG.clip_rescore_from,
+        CFG.verify_threshold,
+        CFG.original_decode_min_side,
+        CFG.trim_tolerance,
     )
     out = {}
     for k in best_view_pair(pairs, score):
@@ -97,6 +125,20 @@ def test_every_copy_kind_of_real_photos_is_found_and_nothing_else(shared_data):
     assert len(missed) <= 4, missed
     wrong = [(t, e) for (t, e), v in found.items() if v[0] and (t >= len(train) or truth[t][1] != e)]
     assert not wrong, [(t, e, found[(t, e)]) for t, e in wrong]
+
+
+def test_brightened_copies_with_clipped_highlights_are_confirmed(shared_data):
+    evals = [(shared_data / "photos" / "coco_mini" / n).read_bytes() for n in BRIGHT_AREAS]
+    train = [
+        jpeg(ImageEnhance.Brightness(Image.open(io.BytesIO(d)).convert("RGB")).enhance(1.4)) for d in evals
+    ]
+    distinct = _coco(shared_data, 20, start=200)
+    found, _ = _detect(train + distinct, evals)
+    missed = [BRIGHT_AREAS[i] for i in range(len(evals)) if not found.get((i, i), (False,))[0]]
+    assert not missed, [(m, found.get((BRIGHT_AREAS.index(m),) * 2)) for m in missed]
+    # re-rendering the eval side clipped lifts copies, not other photos
+    wrong = [(t, e, v) for (t, e), v in found.items() if v[0] and t != e]
+    assert not wrong, wrong
 
 
 @pytest.mark.parametrize("name", PLAIN_AREAS)

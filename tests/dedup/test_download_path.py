@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crawl.original_hashes import hash_as_downloaded
 from dedup.original import HASH_COLUMNS, THUMBS_COLUMN
 from pipeline.rundir import RunDir
 from pipeline.runner import run_stage
@@ -16,7 +17,6 @@ from tests.crawl.http_fixtures import ImageServer
 from tests.dedup.copies import copies
 
 KINDS = ("exact", "crop 10% anywhere", "hflip", "rotate 5 in place", "canvas 70%", "caption")
-
 
 
 @pytest.mark.slow
@@ -76,6 +76,16 @@ def test_download_hashes_originals_and_dedup_finds_copies_the_centre_crop_hides(
     for col in HASH_COLUMNS:
         assert shard.column(col).null_count == 0
     assert {len(b) for b in shard.column(THUMBS_COLUMN).to_pylist()} == {3 * 32 * 32}
+    # hashed from the decode img2dataset's resizer made (the same pixels as hash_as_downloaded's
+    # cv2 decode), not from a second decode of the bytes
+    served = {server.url(f"/extra/{r[0]}"): files[r[0]] for r in rows}
+    for url, blob in zip(
+        shard.column("url").to_pylist(), shard.column(THUMBS_COLUMN).to_pylist(), strict=True
+    ):
+        want = hash_as_downloaded(served[url], cfg.dedup.original_decode_min_side, cfg.dedup.trim_tolerance)[
+            1
+        ]
+        assert blob == want.tobytes(), url
 
     run_stage(DedupStage(cfg, run), progress=False)
     summary = run.read_json("dedup/summary.json")
