@@ -31,9 +31,6 @@ import pyarrow.parquet as pq
 from dedup.keyed import read_all_keyed
 from dedup.pool_shuffle import EXACT_SCHEMA, NEAR_SCHEMA, POOL_DIR, Layout, PoolStage, merge_nearest
 from dedup.rows import ShardRows
-from dedup.score import verify_scores
-from dedup.thumbs import CANDIDATES
-from dedup.verify import train_view_thumbs
 from pipeline.rundir import RunDir
 from pipeline.stats import Stats
 
@@ -132,6 +129,10 @@ class PoolPairs(PoolStage):
 def near_scores(run: RunDir, pairs: pa.Table) -> np.ndarray:
     """Verification score of each near pair of ``pairs`` (a :data:`PAIRS_SCHEMA` table of near rows):
     the correlation of the two pHash-view thumbnails the ``dedup_thumbs`` tasks wrote."""
+    # imported here: the image stack (OpenCV, PIL) is for the tasks that score, not every importer
+    from dedup.score import verify_scores
+    from dedup.verify import train_view_thumbs
+
     if not pairs.num_rows:
         return np.zeros(0, np.float32)
     later, earlier = pairs.column("later").to_numpy(), pairs.column("earlier").to_numpy()
@@ -211,6 +212,8 @@ def concat_row_groups(run: RunDir, rel: str, paths: list[str], schema: pa.Schema
 def write_candidates(run: RunDir, layout: Layout, eval_candidates: pa.Table) -> None:
     """``dedup/candidates.parquet`` (shard, key): ``eval_candidates``, then every group's near pairs'
     two sides (repeats allowed: the thumbnail tasks take each shard's distinct keys)."""
+    from dedup.thumbs import CANDIDATES
+
     schema = pa.schema([("shard", pa.string()), ("key", pa.string())])
     with run.open_atomic(CANDIDATES) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
         writer.write_table(eval_candidates.select(["shard", "key"]).cast(schema))
