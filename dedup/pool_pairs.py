@@ -60,6 +60,9 @@ PAIRS_SCHEMA = pa.schema(
     ]
 )
 FLAG_SCHEMA = pa.schema([("gid", pa.int64())])
+#: Rows per row group of a group's part of ``pool_duplicates`` (about 2 MB): the driver copies the
+#: parts a row group at a time, so this, not the group's size, bounds what it holds.
+PART_ROW_GROUP = 16_384
 
 
 def pairs_file(g: int) -> str:
@@ -182,7 +185,7 @@ class PoolVerify(PoolStage):
             },
             schema=POOL_DUPLICATES_SCHEMA,
         )
-        self.run.write_parquet(dups_file(g), table.sort_by(SORT_KEYS))
+        self.run.write_parquet(dups_file(g), table.sort_by(SORT_KEYS), row_group_size=PART_ROW_GROUP)
         flag = np.unique(near.column("later").to_numpy()[confirmed])
         self.run.write_parquet(
             flags_file(g), pa.table({"gid": pa.array(flag, pa.int64())}, schema=FLAG_SCHEMA)
@@ -218,15 +221,18 @@ def write_candidates(run: RunDir, layout: Layout, eval_candidates: pa.Table) -> 
     with run.open_atomic(CANDIDATES) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
         writer.write_table(eval_candidates.select(["shard", "key"]).cast(schema))
         for g in range(layout.groups):
-            t = run.read_parquet(pairs_file(g), ["exact", "shard", "key", "dup_of_shard", "dup_of_key"])
-            near = t.filter(pc.invert(t.column("exact")))
-            for side in ("", "dup_of_"):
-                writer.write_table(
-                    pa.table(
-                        {"shard": near.column(f"{side}shard"), "key": near.column(f"{side}key")},
-                        schema=schema,
-                    )
-                )
+            with run.fs.open(run.path(pairs_file(g)), "rb") as src:
+                # a batch at a time: a group's pairs grow with the group, the driver's memory must not
+                cols = ["exact", "shard", "key", "dup_of_shard", "dup_of_key"]
+                for batch in pq.ParquetFile(src).iter_batches(PART_ROW_GROUP, columns=cols):
+                    near = pa.Table.from_batches([batch]).filter(pc.invert(batch.column("exact")))
+                    for side in ("", "dup_of_"):
+                        writer.write_table(
+                            pa.table(
+                                {"shard": near.column(f"{side}shard"), "key": near.column(f"{side}key")},
+                                schema=schema,
+                            )
+                        )
 
 
 def assemble(run: RunDir, layout: Layout) -> int:

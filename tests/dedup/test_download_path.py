@@ -18,7 +18,6 @@ from tests.dedup.copies import copies
 KINDS = ("exact", "crop 10% anywhere", "hflip", "rotate 5 in place", "canvas 70%", "caption")
 
 
-
 @pytest.mark.slow
 def test_download_hashes_originals_and_dedup_finds_copies_the_centre_crop_hides(
     tmp_path, make_config, shared_data, ray_local
