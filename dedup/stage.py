@@ -15,7 +15,9 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
    :class:`~dedup.thumbs.CandidateThumbsStage`, and the eval set, with the hashing decoder),
    scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
    (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
-   ``<run>/dedup/overlaps.parquet`` with both scores; pool near pairs are verified the same way;
+   ``<run>/dedup/overlaps.parquet`` with both scores; pool near pairs are scored the same way, in
+   one task per group of shards that also writes its sorted part of
+   ``dedup/pool_duplicates.parquet`` (:mod:`dedup.pool_pairs`);
 4. decides every sample's reason in one Ray task per group of shards (:mod:`dedup.decide`) from
    the verified candidates and the exact join's files, and assembles
    ``<run>/dedup/decisions.parquet`` (one row group per shard); then
