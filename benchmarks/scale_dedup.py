@@ -17,19 +17,22 @@ Measured, on the embedded Ray (``--cpus`` CPUs), for what ``DedupStage.finalize`
 pool apart from verifying near pairs on images:
 
 * ``partitioned`` (the stage's default, ``dedup.pool_join: partitioned``):
-  :func:`dedup.pool_shuffle.find_pool_duplicates` (the four sub-stages on Ray), then
-  :func:`dedup.decide.decide` with every near candidate taken as confirmed (the decision tasks and
-  the driver's assembly of ``dedup/decisions.parquet``);
+  :func:`dedup.pool_shuffle.find_pool_duplicates` (the four join sub-stages and
+  ``dedup.pool_pairs`` on Ray), ``dedup.pool_verify`` with every near candidate scored as confirmed
+  (no images: the thumbnail reads and scores are left out, the rest of the task is the stage's),
+  :func:`dedup.pool_pairs.assemble` (``dedup/pool_duplicates.parquet``), then
+  :func:`dedup.decide.decide` (the decision tasks and the driver's assembly of
+  ``dedup/decisions.parquet``);
 * ``reference`` (``--no-reference`` skips it; ``dedup.pool_join: single_node``, the code before issue
   22): every shard's rows through the driver into one DuckDB (:class:`dedup.pool.PoolIndex`),
   ``exact_duplicates``, ``near_pairs``, then the old driver's decisions: an int8 reason per row and
   ``decisions.parquet`` from ``ShardRows.iter_take``.
 
 Reported per path: wall seconds; driver CPU seconds (``time.process_time()`` of this process over
-the measured call); worker CPU seconds (the tasks' own ``process_time`` sums, ``cpu_ms`` in their
-stats, :func:`dedup.pool_shuffle.task_cost`); driver peak RSS (VmHWM of this process, reset before
-the call through ``/proc/self/clear_refs``); worker peak RSS (the largest ``peak_rss_mb`` a task
-recorded in its cost file: its Ray worker's ``ru_maxrss``); what was found. Both paths must find the same exact
+the measured call); worker CPU seconds (``cpu_seconds`` summed over the sub-stages'
+``stats/<stage>.json``: the runner records each task's CPU in its Stats); driver peak RSS (VmHWM of
+this process, reset before the call through ``/proc/self/clear_refs``); worker peak RSS (the
+largest ``peak_rss_mb`` in those stats: the peak of a Ray worker process that ran a task); what was found. Both paths must find the same exact
 copies and near pairs, and every planted copy must be found, or the run fails.
 """
 
@@ -52,7 +55,8 @@ sys.path.insert(0, str(REPO))
 
 from dedup.decide import CODE, REASONS, DecideStage, decide, status_codes  # noqa: E402
 from dedup.pool import PoolIndex  # noqa: E402
-from dedup.pool_shuffle import SUB_STAGES, Layout, PoolStage, find_pool_duplicates  # noqa: E402
+from dedup.pool_pairs import PoolPairs, PoolVerify, assemble, read_pairs  # noqa: E402
+from dedup.pool_shuffle import SUB_STAGES, Layout, find_pool_duplicates  # noqa: E402
 from dedup.rows import ShardRows, hashes_path  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
@@ -184,14 +188,26 @@ def _config(run: RunDir, cpus: int | None, partition_rows: int, join: str):
     return load_config(None, [*([f"ray.num_cpus={cpus}"] if cpus else []), *sets], run.url)
 
 
+#: The Ray sub-stages of the partitioned path, in order.
+STAGES = (*SUB_STAGES, PoolPairs.name, PoolVerify.name, DecideStage.name)
+
+
 def _worker_costs(run: RunDir) -> tuple[float, float]:
-    """(CPU seconds summed over the pool and decision tasks, the largest peak RSS a task recorded, MB)."""
-    costs = [
-        run.read_json(p)
-        for d in (PoolStage.cost_dir, DecideStage.cost_dir)
-        for p in run.glob(f"{d}/*/*.json")
-    ]
-    return sum(c["cpu_s"] for c in costs), max((c["peak_rss_mb"] for c in costs), default=0.0)
+    """(CPU seconds summed over the partitioned path's tasks, the largest peak RSS of a process that
+    ran one, MB): each sub-stage's ``stats/<stage>.json`` (``Stats.cpu_seconds``, ``Stats.peak_rss_mb``,
+    recorded by the runner per task)."""
+    stats = [run.read_json(run.stats_path(name)) for name in STAGES if run.exists(run.stats_path(name))]
+    return sum(s.get("cpu_seconds", 0.0) for s in stats), max(
+        (s.get("peak_rss_mb", 0.0) for s in stats), default=0.0
+    )
+
+
+class ScoredByRows(PoolVerify):
+    """``dedup.pool_verify`` without images (the synthetic pool has none): every near pair scores 1,
+    as if confirmed; the rest of the task (its part of ``pool_duplicates``, its flags) is the stage's."""
+
+    def scores(self, near: pa.Table) -> np.ndarray:
+        return np.ones(near.num_rows, np.float32)
 
 
 def measure(
@@ -224,17 +240,18 @@ def _run_partitioned(
     out = _measured(lambda: _partitioned(cfg, run, shards))
     res = out.pop("result")
     cpu, peak = _worker_costs(run)
+    copy, first, near = read_pairs(run, res.layout)  # after the clock: for the checks only
     figures = {
         "stage": "dedup",
         "rows": n_rows,
         **out,
         "worker_cpu_s": round(cpu, 2),
         "worker_peak_rss_mb": round(peak, 1),
-        "found_exact": len(res.exact_copy),
-        "found_near": len(res.near),
-        "tasks": {name: len(run.done_tasks(name) - {"_stage"}) for name in (*SUB_STAGES, "dedup.decide")},
+        "found_exact": len(copy),
+        "found_near": len(near),
+        "tasks": {name: len(run.done_tasks(name) - {"_stage"}) for name in STAGES},
     }
-    return figures, res, run
+    return figures, (copy, first, near), run
 
 
 def _ensure_ray(cfg) -> None:
@@ -257,10 +274,14 @@ def _measured(fn) -> dict:
 
 
 def _partitioned(cfg, run: RunDir, shards: list[str]):
+    """The stage's partitioned path, but for the thumbnails (every near candidate confirmed)."""
+    from pipeline.runner import run_stage
+
     rows = ShardRows(run, shards)
     res = find_pool_duplicates(cfg, run, shards, rows.offsets, progress=False)
-    flags = {"near_dup": np.unique(res.near[:, 0])}  # as if every near candidate were confirmed
-    decide(cfg, run, res.layout, flags, cfg.dedup.exact_dups, progress=False)
+    run_stage(ScoredByRows(cfg, run, res.layout), progress=False, force=True)
+    assemble(run, res.layout)  # dedup/pool_duplicates.parquet
+    decide(cfg, run, res.layout, {}, cfg.dedup.exact_dups, progress=False, near_files=True)
     return res
 
 
@@ -305,16 +326,17 @@ def _reference(cfg, run: RunDir, shards: list[str]):
 def _check(n_rows: int, seed: int, res, ref) -> dict:
     """Both paths agree, and every planted copy is found; returns the planted counts."""
     exact, original, near = planted(n_rows, seed)
-    assert np.array_equal(np.sort(res.exact_copy), exact), "planted exact copies not all found"
-    order = np.argsort(res.exact_copy)
-    assert np.array_equal(res.exact_first[order], original), "an exact copy was matched to another first copy"
-    found = set(map(tuple, res.near[:, :2].tolist()))
+    res_copy, res_first, res_near = res
+    assert np.array_equal(np.sort(res_copy), exact), "planted exact copies not all found"
+    order = np.argsort(res_copy)
+    assert np.array_equal(res_first[order], original), "an exact copy was matched to another first copy"
+    found = set(map(tuple, res_near[:, :2].tolist()))
     missed = [p for p in map(tuple, near.tolist()) if p not in found]
     assert not missed, f"{len(missed)} planted near copies not found, e.g. {missed[:3]}"
     if ref is not None:
         _, copy, first, ref_near = ref
-        assert np.array_equal(copy, res.exact_copy) and np.array_equal(first, res.exact_first)
-        assert np.array_equal(ref_near, res.near), "partitioned and single-node near pairs differ"
+        assert np.array_equal(copy, res_copy) and np.array_equal(first, res_first)
+        assert np.array_equal(ref_near, res_near), "partitioned and single-node near pairs differ"
     return {"planted_exact": len(exact), "planted_near": len(near)}
 
 

@@ -217,7 +217,9 @@ def _columns(con, table: str) -> set[str]:
 def _results_html(con) -> str:
     """Top-1 of every classification result beside chance, the majority-class rate and the classes
     present (from eval/results.parquet), with the sample evaluated and any warning."""
-    if not {"chance_top1"} <= {r[0] for r in con.execute("SELECT DISTINCT metric FROM eval_results").fetchall()}:
+    if not {"chance_top1"} <= {
+        r[0] for r in con.execute("SELECT DISTINCT metric FROM eval_results").fetchall()
+    }:
         return ""
     extra = _columns(con, "eval_results") >= {"sample", "warning"}
     rows = con.execute(
@@ -236,14 +238,22 @@ def _results_html(con) -> str:
     ).fetchall()
     if not rows:
         return ""
-    head = ["dataset", "task", "checkpoint", "top-1", "chance", "majority class", "classes", "images", "sample"]
+    head = [
+        "dataset",
+        "task",
+        "checkpoint",
+        "top-1",
+        "chance",
+        "majority class",
+        "classes",
+        "images",
+        "sample",
+    ]
     body = []
     for ds, task, ck, top1, chance, major, present, in_set, n, sample, _warning in rows:
         classes = f"{present} of {in_set}" if in_set is not None and present != in_set else f"{present}"
         body.append((ds, task, ck, top1, chance, major, classes, n, sample or ""))
-    notes = "".join(
-        f'<p class="warning">⚠ {html.escape(w)}</p>' for *_, w in rows if w
-    )
+    notes = "".join(f'<p class="warning">⚠ {html.escape(w)}</p>' for *_, w in rows if w)
     return (
         '<h2 id="eval-results">Evaluation: accuracy beside chance and the majority class</h2>'
         '<p class="muted">chance: a guess drawn from the evaluated label distribution (Σ p²); majority '

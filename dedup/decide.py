@@ -14,17 +14,16 @@ reasons gets the first in :data:`REASONS` (a sample that was never hashed stays 
 from __future__ import annotations
 
 import contextlib
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dedup.clean import DECISIONS, DECISIONS_SCHEMA
 from dedup.keyed import read_all_keyed, write_keyed
-from dedup.pool_shuffle import EXACT_SCHEMA, Layout, cost_summary, task_cost
-from dedup.rows import hashes_path, ordered_map
+from dedup.pool_pairs import concat_row_groups, flags_file
+from dedup.pool_shuffle import EXACT_SCHEMA, Layout
+from dedup.rows import hashes_path
 from pipeline.rundir import RunDir
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -69,21 +68,17 @@ class DecideStage(Stage):
 
     name = "dedup.decide"
     resumable = False
-    cost_dir = f"{DECIDE_DIR}/cost"
 
-    def __init__(self, config, run: RunDir, layout: Layout, exact_files: bool):
+    def __init__(self, config, run: RunDir, layout: Layout, exact_files: bool, near_files: bool = False):
         super().__init__(config, run)
         self.layout = layout
         self.exact_files = exact_files  # read exact copies from the partitioned join's files
+        self.near_files = near_files  # read confirmed near copies from dedup.pool_verify's files
 
     def tasks(self) -> list[Task]:
         return [Task(f"g{g:05d}", g) for g in range(self.layout.groups)]
 
-    def summary(self, stats: Stats) -> str:
-        return cost_summary(stats)
-
     def process(self, task: Task, stats: Stats) -> None:
-        cpu = time.process_time()
         lay, g = self.layout, task.payload
         flags = read_all_keyed(self.run, [FLAGS], g, FLAGS_SCHEMA)
         gid = flags.column("gid").to_numpy()
@@ -98,6 +93,10 @@ class DecideStage(Stage):
             )
             gid = np.concatenate([gid, copies])
             code = np.concatenate([code, np.full(len(copies), CODE["exact_dup"], np.int8)])
+        if self.near_files:
+            near = self.run.read_parquet(flags_file(g)).column("gid").to_numpy()
+            gid = np.concatenate([gid, near])
+            code = np.concatenate([code, np.full(len(near), CODE["near_dup"], np.int8)])
         remove = self.config.dedup.mode == "remove"
         names = np.array([None, *REASONS], dtype=object)
         tables, shard_of = [], []
@@ -132,7 +131,6 @@ class DecideStage(Stage):
         table = pa.concat_tables(tables) if tables else DECISIONS_SCHEMA.empty_table()
         keys = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int64)
         write_keyed(self.run, group_decisions_path(g), table, keys)  # a row group per shard, in order
-        task_cost(self, task, stats, cpu)
 
 
 def clear(run: RunDir) -> None:
@@ -143,27 +141,27 @@ def clear(run: RunDir) -> None:
 
 
 def decide(
-    config, run: RunDir, layout: Layout, flags: dict[str, np.ndarray], exact_files: bool, progress: bool
+    config,
+    run: RunDir,
+    layout: Layout,
+    flags: dict[str, np.ndarray],
+    exact_files: bool,
+    progress: bool,
+    near_files: bool = False,
 ) -> Stats:
     """Run the decision tasks and assemble ``dedup/decisions.parquet`` (one row group per shard with
-    flagged samples, in shard order); returns the tasks' summed stats (``downloaded``, ``flagged_<reason>``)."""
+    flagged samples, in shard order). ``exact_files``/``near_files``: the tasks also read the exact
+    copies (:mod:`dedup.pool_shuffle`) and confirmed near copies (:mod:`dedup.pool_pairs`) of their
+    group from files. Returns the tasks' summed stats (``downloaded``, ``flagged_<reason>``)."""
     from pipeline.runner import run_stage
 
     clear(run)
     write_flags(run, layout, flags)
-    result = run_stage(DecideStage(config, run, layout, exact_files), progress=progress, force=True)
-    with (
-        run.open_atomic(DECISIONS) as fh,
-        pq.ParquetWriter(fh, DECISIONS_SCHEMA, compression="zstd") as writer,
-    ):
-        # a group's file at a time passes through the driver, copied a row group (a shard) at a
-        # time; one thread reads ahead (at most two files waiting: a group's file grows with the
-        # group's flagged samples, so a deeper read-ahead would make the driver's memory grow with them)
-        paths = [group_decisions_path(g) for g in range(layout.groups)]
-        for data in ordered_map(run.read_bytes, paths, threads=1):
-            part = pq.ParquetFile(pa.BufferReader(data))
-            for k in range(part.num_row_groups):
-                writer.write_table(
-                    part.read_row_group(k).replace_schema_metadata(None).cast(DECISIONS_SCHEMA)
-                )
+    result = run_stage(
+        DecideStage(config, run, layout, exact_files, near_files), progress=progress, force=True
+    )
+    # one row group (a shard's flagged samples) at a time through the driver
+    concat_row_groups(
+        run, DECISIONS, [group_decisions_path(g) for g in range(layout.groups)], DECISIONS_SCHEMA
+    )
     return result.stats

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
 import shutil
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -46,7 +44,7 @@ import pyarrow.compute as pc
 
 from dedup.keyed import read_all_keyed, write_keyed
 from dedup.pool import DIGEST_CHARS, NEAREST, _substrings
-from dedup.rows import hashes_path, ordered_map
+from dedup.rows import hashes_path
 from pipeline.rundir import RunDir
 from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
@@ -145,28 +143,6 @@ def band_bucket(values: np.ndarray, buckets: int) -> np.ndarray:
     return ((np.asarray(values, np.uint64) * _MIX) >> np.uint64(32)).astype(np.int64) % buckets
 
 
-def cost_summary(stats: Stats) -> str:
-    """The console line of a stage whose tasks call :func:`task_cost`: its counts, task CPU in seconds."""
-    counts = {k: v for k, v in stats.counts.items() if k != "cpu_ms"}
-    return (
-        " ".join(f"{k}={v:,}" for k, v in sorted(counts.items()))
-        + f" task_cpu={stats.counts['cpu_ms'] / 1000:.1f}s"
-    )
-
-
-def task_cost(stage: Stage, task: Task, stats: Stats, cpu_start: float) -> None:
-    """Record a task's CPU time (``cpu_ms`` in its stats, summed over the stage) and, in
-    ``<stage.cost_dir>/<stage>/<task>.json``, its CPU seconds and its Ray worker's peak RSS (a peak
-    does not add up over tasks, so it stays out of the stats); benchmarks read these."""
-    cpu = time.process_time() - cpu_start
-    stats.inc("cpu_ms", round(1000 * cpu))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    stage.run.write_json(
-        f"{stage.cost_dir}/{stage.name}/{task.id}.json",
-        {"cpu_s": round(cpu, 4), "peak_rss_mb": round(peak, 1)},
-    )
-
-
 @contextlib.contextmanager
 def _duckdb(memory_limit: str | None):
     """An in-memory DuckDB on one thread (Ray gave the task one CPU), spilling to a private temp dir."""
@@ -188,14 +164,10 @@ class PoolStage(Stage):
     """What the sub-stages share: the layout. Not resumable as a whole: the driver clears them per run."""
 
     resumable = False
-    cost_dir = f"{POOL_DIR}/cost"
 
     def __init__(self, config, run: RunDir, layout: Layout):
         super().__init__(config, run)
         self.layout = layout
-
-    def summary(self, stats: Stats) -> str:
-        return cost_summary(stats)
 
     def _group_tasks(self) -> list[Task]:
         return [Task(f"g{g:05d}", g) for g in range(self.layout.groups)]
@@ -210,7 +182,6 @@ class PoolKeys(PoolStage):
         return self._group_tasks()
 
     def process(self, task: Task, stats: Stats) -> None:
-        cpu = time.process_time()
         lay = self.layout
         tables = []
         for i in lay.group_shards(task.payload):
@@ -234,7 +205,6 @@ class PoolKeys(PoolStage):
         bucket = digest_bucket(table.column("digest"), lay.exact_buckets)
         write_keyed(self.run, lay.keys_file(task.payload), table, bucket)
         stats.inc("hashed", table.num_rows)
-        task_cost(self, task, stats, cpu)
 
 
 class PoolExact(PoolStage):
@@ -246,7 +216,6 @@ class PoolExact(PoolStage):
         return [Task(f"b{b:05d}", b) for b in range(self.layout.exact_buckets)]
 
     def process(self, task: Task, stats: Stats) -> None:
-        cpu = time.process_time()
         lay = self.layout
         part = read_all_keyed(
             self.run, [lay.keys_file(g) for g in range(lay.groups)], task.payload, KEYS_SCHEMA
@@ -267,7 +236,6 @@ class PoolExact(PoolStage):
         write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(out.column("copy").to_numpy()))
         stats.inc("rows", part.num_rows)
         stats.inc("exact_copies", out.num_rows)
-        task_cost(self, task, stats, cpu)
 
 
 class PoolBands(PoolStage):
@@ -279,7 +247,6 @@ class PoolBands(PoolStage):
         return self._group_tasks()
 
     def process(self, task: Task, stats: Stats) -> None:
-        cpu = time.process_time()
         lay, g = self.layout, task.payload
         excluded = np.empty(0, np.int64)
         if self.config.dedup.exact_dups:  # as the reference: exact copies are left out of the near search
@@ -319,7 +286,6 @@ class PoolBands(PoolStage):
         )
         write_keyed(self.run, lay.bands_file(g), table, parts)
         stats.inc("rows", len(gid))
-        task_cost(self, task, stats, cpu)
 
 
 class PoolNear(PoolStage):
@@ -331,16 +297,15 @@ class PoolNear(PoolStage):
         return [Task(f"p{p:05d}", p) for p in range(len(self.layout.bands) * self.layout.near_buckets)]
 
     def process(self, task: Task, stats: Stats) -> None:
-        cpu = time.process_time()
         lay, p = self.layout, task.payload
         tau = int(lay.tau)
         band = p // lay.near_buckets
         part = read_all_keyed(self.run, [lay.bands_file(g) for g in range(lay.groups)], p, BAND_SCHEMA)
         out = near_in_band(part, tau, band, self.config.dedup.memory_limit)
-        self.run.write_parquet(lay.near_file(p), out)
+        # by the later row's group: a group's task (dedup.pool_pairs) reads all its rows' candidates
+        write_keyed(self.run, lay.near_file(p), out, lay.group_of(out.column("later").to_numpy()))
         stats.inc("rows", part.num_rows)
         stats.inc("near_candidates", out.num_rows)
-        task_cost(self, task, stats, cpu)
 
 
 def near_in_band(part: pa.Table, tau: int, band: int, memory_limit: str | None = None) -> pa.Table:
@@ -388,17 +353,27 @@ def merge_nearest(cand: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PoolResult:
-    """What the driver keeps: exact copies (by copy) with their first copies, and near candidates."""
+    """A pool search's result. The single-node reference returns its arrays (``exact_copy`` with
+    ``exact_first``, by copy; ``near``: ``[k, 3]`` (later, earlier, distance) as
+    :meth:`PoolIndex.near_pairs`); the partitioned joins leave theirs in files, one per group
+    (:mod:`dedup.pool_pairs`), and the driver keeps only ``counts`` (arrays ``None``)."""
 
-    exact_copy: np.ndarray
-    exact_first: np.ndarray
-    near: np.ndarray  # [k, 3] int64 (later, earlier, distance), as PoolIndex.near_pairs
     layout: Layout
+    exact_copy: np.ndarray | None = None
+    exact_first: np.ndarray | None = None
+    near: np.ndarray | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def in_files(self) -> bool:
+        return self.near is None
 
 
 def clear(run: RunDir) -> None:
     """Forget a previous search: its files and its sub-stages' completion markers."""
-    for rel in (POOL_DIR, *(f"_done/{name}" for name in SUB_STAGES)):
+    from dedup.pool_pairs import PoolPairs, PoolVerify
+
+    for rel in (POOL_DIR, *(f"_done/{name}" for name in (*SUB_STAGES, PoolPairs.name, PoolVerify.name))):
         with contextlib.suppress(FileNotFoundError):
             run.remove(rel, recursive=True)
 
@@ -407,35 +382,24 @@ def find_pool_duplicates(
     config, run: RunDir, shards: list[str], offsets: np.ndarray, progress: bool = True
 ) -> PoolResult:
     """Exact and near pool duplicates over ``hashes/<shard>.parquet`` by the partitioned joins
-    (``dedup.exact_dups``, ``dedup.pool_tau``, ``dedup.pool_partition_rows``); same output as
-    :class:`~dedup.pool.PoolIndex`'s ``exact_duplicates`` and ``near_pairs(tau, exclude=copies)``."""
+    (``dedup.exact_dups``, ``dedup.pool_tau``, ``dedup.pool_partition_rows``), the same pairs as
+    :class:`~dedup.pool.PoolIndex`'s ``exact_duplicates`` and ``near_pairs(tau, exclude=copies)``.
+
+    Nothing per pair comes back to the driver: the pairs, with both sides' identifiers, are in
+    ``dedup/_pool/pairs/<group>.parquet`` (:class:`dedup.pool_pairs.PoolPairs`); the result holds
+    their counts (``exact_copies``, ``near_pairs``)."""
+    from dedup.pool_pairs import PoolPairs
     from pipeline.runner import run_stage
 
     cfg = config.dedup
     layout = Layout.plan(shards, offsets, cfg.pool_partition_rows, cfg.pool_tau)
     clear(run)
-    copy = first = np.zeros(0, np.int64)
     if cfg.exact_dups:
         run_stage(PoolKeys(config, run, layout), progress=progress, force=True)
         run_stage(PoolExact(config, run, layout), progress=progress, force=True)
-        exact = pa.concat_tables(
-            ordered_map(lambda b: run.read_parquet(layout.exact_file(b)), range(layout.exact_buckets))
-        )
-        order = np.argsort(exact.column("copy").to_numpy(), kind="stable")
-        copy = exact.column("copy").to_numpy()[order]
-        first = exact.column("first").to_numpy()[order]
-    near = np.zeros((0, 3), np.int64)
     if cfg.pool_tau is not None:
         run_stage(PoolBands(config, run, layout), progress=progress, force=True)
         run_stage(PoolNear(config, run, layout), progress=progress, force=True)
-        parts = list(
-            ordered_map(
-                lambda p: run.read_parquet(layout.near_file(p)),
-                range(len(layout.bands) * layout.near_buckets),
-            )
-        )
-        table = pa.concat_tables(parts)
-        near = merge_nearest(
-            np.stack([table.column(c).to_numpy() for c in ("later", "earlier", "dist")], axis=1)
-        )
-    return PoolResult(copy, first, near, layout)
+    pairs = run_stage(PoolPairs(config, run, layout), progress=progress, force=True)
+    counts = {k: int(pairs.stats.counts.get(k, 0)) for k in ("exact_copies", "near_pairs")}
+    return PoolResult(layout, counts=counts)

@@ -55,6 +55,19 @@ class ShardRows:
         self.offsets = np.zeros(len(self.shards) + 1, np.int64)
         np.cumsum(counts, out=self.offsets[1:])
 
+    @classmethod
+    def from_offsets(cls, run: RunDir, shards: list[str], offsets: np.ndarray) -> ShardRows:
+        """The same lookup from known ``offsets`` (``len(shards) + 1`` gids): a task that was given
+        them need not read every shard's footer again."""
+        rows = cls.__new__(cls)
+        rows.run, rows.shards = run, list(shards)
+        rows.offsets = np.asarray(offsets, np.int64)
+        if len(rows.offsets) != len(rows.shards) + 1:
+            raise ValueError(
+                f"{len(rows.shards)} shards need {len(rows.shards) + 1} offsets, not {len(rows.offsets)}"
+            )
+        return rows
+
     @property
     def n(self) -> int:
         return int(self.offsets[-1])

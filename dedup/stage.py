@@ -15,7 +15,9 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
    :class:`~dedup.thumbs.CandidateThumbsStage`, and the eval set, with the hashing decoder),
    scores every matched view pair by the correlation of the two aligned 32×32 thumbnails
    (:mod:`dedup.score`), keeps the best view pair per (train, eval) image and writes
-   ``<run>/dedup/overlaps.parquet`` with both scores; pool near pairs are verified the same way;
+   ``<run>/dedup/overlaps.parquet`` with both scores; pool near pairs are scored the same way, in
+   one task per group of shards that also writes its sorted part of
+   ``dedup/pool_duplicates.parquet`` (:mod:`dedup.pool_pairs`);
 4. decides every sample's reason in one Ray task per group of shards (:mod:`dedup.decide`) from
    the verified candidates and the exact join's files, and assembles
    ``<run>/dedup/decisions.parquet`` (one row group per shard); then
@@ -23,8 +25,11 @@ Tasks (one per input shard, one per eval set) write ``<run>/hashes/NNNNN.parquet
    per shard (resumable), and ``clean/sizes.json``; last, the reconciliation
    ``<run>/dedup/summary.json`` (downloaded = clean + removed by reason).
 
-The driver holds no per-sample array: samples are named by global row numbers (:mod:`dedup.rows`),
-and it keeps only the pool's exact copies, the candidates it verifies and their identifiers.
+The driver holds no per-sample array: samples are named by global row numbers (:mod:`dedup.rows`).
+With the partitioned joins it holds no pool pair either: each group of shards' exact copies and
+near pairs get their identifiers, their verification and their sorted part of
+``pool_duplicates.parquet`` in Ray tasks (:mod:`dedup.pool_pairs`), and the driver concatenates
+the parts a row group at a time; it keeps the eval candidates it verifies and counts.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from dedup.overlap_search import (
     ok_rows,
 )
 from dedup.pool import PoolIndex
+from dedup.pool_pairs import POOL_DUPLICATES, PoolVerify, assemble, write_candidates
 from dedup.pool_shuffle import Layout, PoolResult, find_pool_duplicates
 from dedup.rows import ShardRows, hashes_path
 from dedup.score import verify_scores
@@ -166,7 +172,9 @@ class DedupStage(Stage):
             if partitioned
             else self._single_node_pool(rows)
         )
-        exact_copy, exact_first, near_pairs = pool.exact_copy, pool.exact_first, pool.near
+        # the partitioned joins leave their pairs in per-group files, read and verified in tasks
+        # (dedup.pool_pairs); the single-node reference hands the driver its arrays
+        near_pairs = np.zeros((0, 3), np.int64) if pool.in_files else pool.near
 
         # --- eval overlaps: every (train view, eval view) pair within the set's tau, searched per shard
         views = self._eval_views()
@@ -187,7 +195,10 @@ class DedupStage(Stage):
             np.concatenate([*(p["train_row"] for p in pairs_by_set.values()), near_pairs[:, :2].ravel()])
         ).astype(np.int64)
         cand = rows.take(needed)
-        self.run.write_parquet(CANDIDATES, cand.select(["shard", "key"]))
+        if pool.in_files:  # the pool's near candidates are listed from the group files, streaming
+            write_candidates(self.run, pool.layout, cand)
+        else:
+            self.run.write_parquet(CANDIDATES, cand.select(["shard", "key"]))
         run_stage(CandidateThumbsStage(self.config, self.run), progress=self.progress)
         thumbs, meta = train_view_thumbs(
             self.run, needed, cand.column("shard").to_pylist(), cand.column("key").to_pylist()
@@ -257,16 +268,29 @@ class DedupStage(Stage):
         self.run.write_parquet("dedup/overlaps.parquet", overlaps)
 
         # --- pool duplicates: exact copies as found, near ones verified with the thumbnail correlation
-        pool_rows, near_flag = self._pool_duplicates(rows, exact_copy, exact_first, near_pairs, thumbs, ids)
-        self.run.write_parquet("dedup/pool_duplicates.parquet", pool_rows)
+        if pool.in_files:  # verified per group in tasks, their sorted parts concatenated in order
+            run_stage(PoolVerify(self.config, self.run, pool.layout), progress=self.progress, force=True)
+            assemble(self.run, pool.layout)
+            near_flag = _NO_ROWS  # the decision tasks read the confirmed near copies from files
+        else:
+            pool_rows, near_flag = self._pool_duplicates(
+                rows, pool.exact_copy, pool.exact_first, near_pairs, thumbs, ids
+            )
+            self.run.write_parquet(POOL_DUPLICATES, pool_rows)
 
         # --- one row per flagged sample, one row group per shard: why it is not (or, in mode
         # report, would not be) in clean/; decided per shard in Ray tasks (dedup.decide)
         flags = {"eval_overlap": np.concatenate([_NO_ROWS, *eval_hits]), "near_dup": near_flag}
         if not partitioned:  # the partitioned join left its exact copies in files the tasks read
-            flags["exact_dup"] = exact_copy
+            flags["exact_dup"] = pool.exact_copy
         decided = decide(
-            self.config, self.run, pool.layout, flags, partitioned and cfg.exact_dups, self.progress
+            self.config,
+            self.run,
+            pool.layout,
+            flags,
+            partitioned and cfg.exact_dups,
+            self.progress,
+            near_files=partitioned,
         )
         if decided.counts["downloaded"] != n:
             raise RuntimeError(
@@ -334,7 +358,8 @@ class DedupStage(Stage):
         thumbs,
         ids: _RowIds,
     ) -> tuple[pa.Table, np.ndarray]:
-        """``pool_duplicates.parquet``: every exact copy with its first copy (no thumbnail check: the
+        """The single-node reference's ``pool_duplicates.parquet`` (the partitioned path writes it in
+        tasks, :mod:`dedup.pool_pairs`): every exact copy with its first copy (no thumbnail check: the
         bytes are identical), and every near copy with its closest earlier matches (``PoolIndex.near_pairs``)
         and their verification scores; also the near copies with a confirmed match (flagged
         ``near_dup`` unless flagged for a reason that outranks it, :mod:`dedup.decide`)."""
@@ -398,7 +423,7 @@ class DedupStage(Stage):
                 else np.zeros((0, 3), np.int64)
             )
         layout = Layout.plan(rows.shards, rows.offsets, cfg.pool_partition_rows, cfg.pool_tau)
-        return PoolResult(exact_copy, exact_first, near, layout)
+        return PoolResult(layout, exact_copy, exact_first, near)
 
     def summary(self, stats: Stats) -> str:
         c = stats.counts

@@ -108,13 +108,17 @@ def build_training_shards(run: Path, shared_data: Path) -> dict[str, list[str]]:
         expect[kind].append(key)
 
     planted = {k: [int(i) for i in v] for k, v in planted_eval_ids(shared_data).items()}
-    for i in planted["cifar"]:  # CIFAR test images in the eval sample, upscaled and re-encoded as a crawl would
+    for i in planted[
+        "cifar"
+    ]:  # CIFAR test images in the eval sample, upscaled and re-encoded as a crawl would
         add(0, jpeg(Image.fromarray(cifar[i]).resize((128, 128), Image.BICUBIC), 85), "cifar", 1)
     add(
         0,
         jpeg(
             ImageOps.expand(
-                Image.fromarray(cifar[planted["bordered"][0]]).resize((96, 96)), border=8, fill=(255, 255, 255)
+                Image.fromarray(cifar[planted["bordered"][0]]).resize((96, 96)),
+                border=8,
+                fill=(255, 255, 255),
             )
         ),
         "bordered",
@@ -225,15 +229,32 @@ def write_eval_artifacts(run: Path) -> None:
     """The eval stage's outputs (results, predictions, overlap analysis) per the eval contract."""
     (run / "eval" / "predictions").mkdir(parents=True, exist_ok=True)
     results = []
-    for dataset, task, top1 in (("cifar10", "zeroshot", 0.21), ("mnist", "zeroshot", 0.12), ("cifar10", "linear_probe", 0.4)):
+    for dataset, task, top1 in (
+        ("cifar10", "zeroshot", 0.21),
+        ("mnist", "zeroshot", 0.12),
+        ("cifar10", "linear_probe", 0.4),
+    ):
         probe = task == "linear_probe"  # its held-out split here misses a class: it carries a warning
-        metrics = {"top1": top1, "chance_top1": 0.1, "majority_top1": 0.12 if probe else 0.1,
-                   "n_classes_present": 9 if probe else 10, "n_classes_in_set": 10, "n": 90 if probe else 300}
+        metrics = {
+            "top1": top1,
+            "chance_top1": 0.1,
+            "majority_top1": 0.12 if probe else 0.1,
+            "n_classes_present": 9 if probe else 10,
+            "n_classes_in_set": 10,
+            "n": 90 if probe else 300,
+        }
         warning = "cifar10: only 9 of the set's 10 classes were evaluated" if probe else None
         results += [
-            {"checkpoint": "step-10", "dataset": dataset, "task": task, "metric": k, "value": float(v),
-             "sample": "stratified sample of 300 of 10000, seed 0", "checkpoint_sha256": "ab" * 32,
-             "warning": warning}
+            {
+                "checkpoint": "step-10",
+                "dataset": dataset,
+                "task": task,
+                "metric": k,
+                "value": float(v),
+                "sample": "stratified sample of 300 of 10000, seed 0",
+                "checkpoint_sha256": "ab" * 32,
+                "warning": warning,
+            }
             for k, v in metrics.items()
         ]
     pq.write_table(pa.Table.from_pylist(results), run / "eval" / "results.parquet")

@@ -122,7 +122,9 @@ def test_page_in_chromium_names_the_run_relatively_has_a_legend_and_no_broken_im
     probe_page = tmp_path / "run" / "audit" / "index.html"
     probe_page.parent.mkdir(parents=True)
     probe_page.write_text(html.replace("</body>", PROBE + "</body>"))
-    dom = _chromium(["--virtual-time-budget=20000", "--dump-dom", probe_page.as_uri()], tmp_path / "p1").stdout
+    dom = _chromium(
+        ["--virtual-time-budget=20000", "--dump-dom", probe_page.as_uri()], tmp_path / "p1"
+    ).stdout
     found = json.loads(html_unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
 
     ov = pq.read_table(run.path("dedup/overlaps.parquet")).to_pylist()

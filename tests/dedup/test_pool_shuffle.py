@@ -15,6 +15,7 @@ import pytest
 
 from dedup.decide import DecideStage, write_flags
 from dedup.pool import PoolIndex
+from dedup.pool_pairs import PART_ROW_GROUP, PoolVerify, assemble, flags_file, pairs_file, read_pairs
 from dedup.pool_shuffle import Layout, find_pool_duplicates, merge_nearest
 from dedup.rows import ShardRows, hashes_path
 from pipeline.config import load_config
@@ -83,14 +84,24 @@ def test_partitioned_joins_match_the_single_node_reference(tau):
     res = find_pool_duplicates(cfg, run, shards, ShardRows(run, shards).offsets, progress=False)
     copy, first, near = reference(run, shards, tau)
     assert len(copy) > 100 and len(near) > 50 and res.layout.exact_buckets == 6 and res.layout.groups == 6
-    assert np.array_equal(res.exact_copy, copy) and np.array_equal(res.exact_first, first)
-    assert np.array_equal(res.near, near)
+    got_copy, got_first, got_near = read_pairs(run, res.layout)
+    assert np.array_equal(got_copy, copy) and np.array_equal(got_first, first)
+    assert np.array_equal(got_near, near)
+    assert res.counts == {"exact_copies": len(copy), "near_pairs": len(near)}
+    # each group's pairs carry both sides' identifiers, looked up in the tasks
+    t = pa.concat_tables(run.read_parquet(pairs_file(g)) for g in range(res.layout.groups))
+    rows = ShardRows(run, shards)
+    for side, col in (("", "later"), ("dup_of_", "earlier")):
+        want = rows.take(t.column(col).to_numpy())
+        assert all(
+            t.column(side + c).to_pylist() == want.column(c).to_pylist() for c in ("uid", "shard", "key")
+        )
     # the digests share a long prefix of zeros, yet every bucket gets a share (hashed from all 32 bytes)
     per_bucket = [
         run.read_marker("dedup.pool_exact", f"b{b:05d}")["stats"]["counts"]["rows"] for b in range(6)
     ]
     assert min(per_bucket) > sum(per_bucket) / 12
-    # the driver's merge across bands was needed: some rows had candidates in several bands
+    # the merge across bands (in the pool_pairs tasks) was needed: some rows had candidates in several bands
     n_tasks = len(res.layout.bands) * res.layout.near_buckets
     later = np.concatenate(
         [run.read_parquet(res.layout.near_file(p)).column("later").to_numpy() for p in range(n_tasks)]
@@ -104,11 +115,64 @@ def test_partitioned_joins_without_exact_search_and_on_one_partition():
     cfg = load_config(None, ["dedup.pool_tau=3", "dedup.exact_dups=false"], run.url)
     res = find_pool_duplicates(cfg, run, shards, ShardRows(run, shards).offsets, progress=False)
     _, _, near = reference(run, shards, 3, exact=False)
-    assert len(res.exact_copy) == 0 and len(near) > 50 and res.layout.near_buckets == 1
-    assert np.array_equal(res.near, near)
+    got_copy, _, got_near = read_pairs(run, res.layout)
+    assert len(got_copy) == 0 and len(near) > 50 and res.layout.near_buckets == 1
+    assert np.array_equal(got_near, near)
     cfg = load_config(None, ["dedup.pool_tau=null"], run.url)
     res = find_pool_duplicates(cfg, run, shards, ShardRows(run, shards).offsets, progress=False)
-    assert len(res.near) == 0 and len(res.exact_copy) > 0
+    got_copy, _, got_near = read_pairs(run, res.layout)
+    assert len(got_near) == 0 and len(got_copy) > 0
+
+
+class _ScoredByRows(PoolVerify):
+    """Verification without images (the hash-file fixture has none): a score fixed by the pair."""
+
+    def scores(self, near: pa.Table) -> np.ndarray:
+        return _pair_score(near.column("later").to_numpy(), near.column("earlier").to_numpy())
+
+
+def _pair_score(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    return ((later * 7 + earlier) % 100 / 100).astype(np.float32)
+
+
+def test_pool_duplicates_are_written_per_group_and_concatenated_in_sort_order():
+    """The verify tasks' parts, concatenated in group order, are the whole ``pool_duplicates``
+    sorted by (shard, key, dup_of_shard, dup_of_key), with each pair's identifiers and score; the
+    confirmed near copies are each group's flags."""
+    run, shards = _pooled("memory://pool-dups/run", 2)
+    cfg = load_config(None, ["dedup.pool_tau=2", "dedup.pool_partition_rows=400"], run.url)
+    res = find_pool_duplicates(cfg, run, shards, ShardRows(run, shards).offsets, progress=False)
+    verified = run_stage(_ScoredByRows(cfg, run, res.layout), progress=False, force=True)
+    assert assemble(run, res.layout) == sum(res.counts.values())
+    with run.fs.open(run.path("dedup/pool_duplicates.parquet"), "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        got = pf.read()
+        # copied a row group at a time, each bounded whatever the group's size
+        assert pf.num_row_groups >= res.layout.groups > 1
+        assert max(pf.metadata.row_group(k).num_rows for k in range(pf.num_row_groups)) <= PART_ROW_GROUP
+    copy, first, near = read_pairs(run, res.layout)
+    rows = ShardRows(run, shards)
+    later = np.concatenate([copy, near[:, 0]])
+    earlier = np.concatenate([first, near[:, 1]])
+    score = _pair_score(near[:, 0], near[:, 1])
+    a, b = rows.take(later), rows.take(earlier)
+    want = pa.table(
+        {
+            **{c: a.column(c) for c in ("uid", "shard", "key")},
+            **{f"dup_of_{c}": b.column(c) for c in ("uid", "shard", "key")},
+            "distance": pa.array(np.concatenate([np.zeros(len(copy), np.int64), near[:, 2]]), pa.int16()),
+            "verify_score": pa.array([None] * len(copy) + score.tolist(), pa.float32()),
+            "confirmed": np.concatenate([np.ones(len(copy), bool), score >= cfg.dedup.pool_verify_threshold]),
+            "kind": ["exact"] * len(copy) + ["near"] * len(near),
+        }
+    ).sort_by([(c, "ascending") for c in ("shard", "key", "dup_of_shard", "dup_of_key")])
+    assert got.to_pylist() == want.to_pylist()
+    flagged = np.concatenate(
+        [run.read_parquet(flags_file(g)).column("gid").to_numpy() for g in range(res.layout.groups)]
+    )
+    confirmed = np.unique(near[score >= cfg.dedup.pool_verify_threshold, 0])
+    assert 0 < len(confirmed) < len(np.unique(near[:, 0])) and np.array_equal(flagged, confirmed)
+    assert verified.stats.counts["near_flagged"] == len(confirmed)
 
 
 def test_merge_nearest_keeps_the_closest_across_bands():
@@ -153,7 +217,8 @@ def cluster_driver(run_url: str, out: str) -> None:
     shards = sorted(p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in run.glob("hashes/*.parquet"))
     cfg = load_config(None, ["dedup.pool_tau=2", "dedup.pool_partition_rows=800"], run_url)
     res = find_pool_duplicates(cfg, run, shards, ShardRows(run, shards).offsets, progress=False)
-    np.savez(out, copy=res.exact_copy, first=res.exact_first, near=res.near)
+    copy, first, near = read_pairs(run, res.layout)
+    np.savez(out, copy=copy, first=first, near=near)
 
 
 @pytest.mark.slow
