@@ -337,6 +337,8 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
             continue
         sources.append(_source_line(name, rate))
         worker, driver = row_stage_cpu(rate, n, cores)
+        if name == "dedup":  # the pool joins are the measured rate; each shard's eval search is on top
+            worker += _eval_search_cpu(rates.get("dedup_eval_search"), n, inputs.eval_sizes)
         wall = (worker / cores + driver) / 3600
         line = StagePlan(
             name, n, core_hours=worker / 3600, driver_hours=driver / 3600,
@@ -360,6 +362,8 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
     storage_gb = (stored * per_sample + inputs.candidates * pool_bytes) / 1e9
     if "storage" in rates:
         sources.append(_source_line("storage", rates["storage"]))
+    if "dedup_eval_search" in rates and inputs.eval_sizes:
+        sources.append(_source_line("dedup eval search", rates["dedup_eval_search"]))
     gpu_note = ""
     if shape.gpu is not None and rates["train"][inputs.model].get("gpu") != shape.gpu.gpu:
         gpu_note = (f"; training rate measured on {rates['train'][inputs.model].get('gpu')}, applied to "
@@ -375,6 +379,8 @@ def make_plan(inputs: PlanInputs, rates: dict[str, Any]) -> Plan:
         "data-parallel training scales linearly with GPUs" + gpu_note,
         f"eval once after training on {sum(inputs.eval_sizes):,} images",
         _network_assumption(rates.get("download"), shape),
+        "dedup: the pool's joins and decisions at the rate scale.py measured, plus each shard's overlap search "
+        "against the eval sets' views, scaled linearly with the eval sets' size from one measured shard task",
         "the driver's CPU is serial and adds to each stage's wall time; its memory is the measured peak "
         "(grown at its measured slope past the largest benchmark size)",
         f"prices: {PRICES_SOURCE}",
@@ -422,6 +428,15 @@ def _train_line(inputs: PlanInputs, rates: dict[str, Any], shape: Cluster) -> St
     else:
         line.note = "no GPU nodes in this cluster shape: GPU-hours only"
     return line
+
+
+def _eval_search_cpu(rate: dict[str, Any] | None, images: int, eval_sizes: list[int]) -> float:
+    """Worker CPU seconds of dedup's overlap search: every training view probes the eval sets' view index."""
+    if not rate or not eval_sizes:
+        return 0.0
+    index_views = sum(eval_sizes) * float(rate["eval_views_per_image"])
+    per_query = float(rate["us_per_query_per_million_eval_views"]) * index_views / 1e6
+    return images * float(rate["train_views_per_image"]) * per_query * 1e-6
 
 
 def _eval_line(inputs: PlanInputs, rates: dict[str, Any], shape: Cluster) -> StagePlan:

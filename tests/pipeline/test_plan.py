@@ -70,7 +70,12 @@ def test_the_plan_adds_up_from_the_rates():
         row_stage_cpu(rates["stages"]["extract"], lines["extract"].rows, 64 * 64)[0] / 3600)
     mine = make_inputs(pairs="400M", candidates="5B", eval_sizes="", model="ViT-B-16", steps="1", batch="1",
                        cluster="aws-clip", rates=rates, pairs_per_page=20)
-    assert {s.stage: s for s in make_plan(mine, rates).stages}["extract"].rows == 250_000_000
+    no_eval = {s.stage: s for s in make_plan(mine, rates).stages}
+    assert no_eval["extract"].rows == 250_000_000
+    # dedup: the pool joins' rate, plus each training view probing the eval sets' 21 views per image
+    search = rates["dedup_eval_search"]
+    probe_s = lines["dedup"].rows * 3 * search["us_per_query_per_million_eval_views"] * 60_000 * 21 / 1e6 * 1e-6
+    assert lines["dedup"].worker_cpu_s == pytest.approx(no_eval["dedup"].worker_cpu_s + probe_s)
 
 
 def _measured(size: int) -> dict | None:
