@@ -204,11 +204,13 @@ def status(url: str) -> str:
         raise ConfigError(f"{url!r} is not a webclip run directory (no config.yaml); check the --run URL")
     lines = [f"run {run.url}"]
     subs = sorted({p.split("/")[1] for p in run.glob("_done/*")} - set(STAGE_ORDER))
+    # one name column wide enough for the longest sub-stage (extract.drops_merge1, dedup.pool_verify)
+    width = max([18, *(4 + len(sub) + 1 for sub in subs)])
     for name in STAGE_ORDER:
-        lines += _stage_status(run, name, indent="  ")
+        lines += _stage_status(run, name, indent="  ", width=width)
         for sub in subs:  # named after their stage: dedup_clean, extract.uids
             if sub.startswith((f"{name}_", f"{name}.")):
-                lines += _stage_status(run, sub, indent="    ")
+                lines += _stage_status(run, sub, indent="    ", width=width)
     return "\n".join(lines)
 
 
@@ -218,7 +220,7 @@ COMPLETED_OUTSIDE_RUNNER = {"train": "train/summary.json"}
 ERROR_CHARS = 240  # a failure's message in the table; the full text stays in its _failed/ file
 
 
-def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
+def _stage_status(run: RunDir, name: str, indent: str, width: int = 18) -> list[str]:
     from pipeline.runner import STAGE_MARKER
 
     done = run.is_done(name, STAGE_MARKER)
@@ -228,7 +230,7 @@ def _stage_status(run: RunDir, name: str, indent: str) -> list[str]:
     outside = COMPLETED_OUTSIDE_RUNNER.get(name)
     summary = run.read_json(outside) if outside and not done and run.exists(outside) else None
     state = "done" if done or summary else ("failed" if failed else ("partial" if tasks_done else "not run"))
-    line = f"{indent}{name:<{18 - len(indent)}} {state:<8} tasks done={tasks_done}"
+    line = f"{indent}{name:<{width - len(indent)}} {state:<8} tasks done={tasks_done}"
     if stats and not summary:
         counts = " ".join(f"{k}={v:,}" for k, v in stats.get("counts", {}).items())
         dropped = sum(stats.get("dropped", {}).values())
