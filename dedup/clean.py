@@ -112,8 +112,10 @@ class CleanShardsStage(Stage):
 
     def finalize(self, stats: Stats) -> None:
         sizes = {}
-        for task in self.tasks():
-            counts = self.run.read_marker(self.name, task.id)["stats"].get("counts", {})
+        tasks = self.tasks()
+        markers = self.run.read_markers(self.name, [t.id for t in tasks])  # in bulk: one listing, few reads
+        for task in tasks:
+            counts = markers[task.id]["stats"].get("counts", {})
             # keyed by the tar's file name, as open_clip's get_dataset_size looks shards up
             sizes[f"{task.payload}.tar"] = int(counts.get("clean", 0))
         self.run.write_json(SIZES, sizes)
