@@ -27,7 +27,9 @@ def write_keyed(run: RunDir, rel: str, table: pa.Table, keys: np.ndarray) -> Non
     Rows keep their order within a key (a stable sort), so a reducer sees them in map order.
     """
     keys = np.asarray(keys, np.int64)
-    order = np.argsort(keys, kind="stable")
+    # a stable sort of small non-negative ints is a radix sort in numpy (16 bits or less): 4x cheaper
+    small = len(keys) and keys.min() >= 0 and keys.max() < 1 << 16
+    order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
     keys = keys[order]
     table = table.take(pa.array(order))
     cuts = np.flatnonzero(np.diff(keys)) + 1
@@ -36,7 +38,8 @@ def write_keyed(run: RunDir, rel: str, table: pa.Table, keys: np.ndarray) -> Non
     schema = table.schema.with_metadata({_KEYS: json.dumps([int(keys[s]) for s in starts])})
     buf = io.BytesIO()
     # lz4: shuffle files are read once, soon after; zstd cost a third of a map task's CPU
-    with pq.ParquetWriter(buf, schema, compression="lz4") as writer:
+    # no dictionaries: gids, hashes and digests are (nearly) all distinct, so building one is wasted
+    with pq.ParquetWriter(buf, schema, compression="lz4", use_dictionary=False) as writer:
         for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
             writer.write_table(table.slice(a, b - a))
     run.write_bytes(rel, buf.getvalue())

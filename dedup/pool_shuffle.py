@@ -1,21 +1,22 @@
 """Pool duplicates as hash-partitioned joins over Ray: no process holds the whole pool.
 
 The same results as :class:`dedup.pool.PoolIndex` (the single-node reference, one DuckDB on the
-driver), computed in four sub-stages run by :func:`~pipeline.runner.run_stage` (completion markers,
+driver), computed in three sub-stages run by :func:`~pipeline.runner.run_stage` (completion markers,
 retries, Ray placement for free). The shards are cut into ``G`` contiguous groups; rows are named
 by global row numbers (gids, :mod:`dedup.rows`).
 
-1. ``dedup.pool_keys`` (one task per group) reads its shards' ``status``, ``sha256`` and ``phash``
-   and writes ``(gid, digest)`` of every hashed row, partitioned by a hash of the digest into
-   ``Be`` buckets (``dedup/_pool/keys/<g>.parquet``, one row group per bucket);
+1. ``dedup.pool_keys`` (one task per group), the only pass over the hash files: reads its shards'
+   ``status``, ``sha256`` and ``phash`` and writes ``(gid, digest, h)`` of every hashed row,
+   partitioned by a hash of the digest into ``Be`` buckets (``dedup/_pool/keys/<g>.parquet``, one
+   row group per bucket; by a hash of the gid when ``exact_dups`` is off);
 2. ``dedup.pool_exact`` (one task per bucket): all copies of a digest are in one bucket, so each
    later copy and its first copy are found there; written partitioned by the copy's group
-   (``dedup/_pool/exact/<b>.parquet``);
-3. ``dedup.pool_bands`` (one task per group) leaves out its rows that are exact copies (as the
-   reference does) and writes ``(gid, h)`` once per substring (band) of the multi-index scheme,
+   (``dedup/_pool/exact/<b>.parquet``). The same task then leaves out the copies (as the reference
+   does) and writes the rest as ``(gid, h)`` once per substring (band) of the multi-index scheme,
    partitioned by a hash of the band's value into ``Bn`` buckets per band
-   (``dedup/_pool/bands/<g>.parquet``; partition ``band * Bn + bucket``);
-4. ``dedup.pool_near`` (one task per band partition): two pHashes within ``tau`` bits agree on at
+   (``dedup/_pool/bands/<b>.parquet``; partition ``band * Bn + bucket``). (A separate per-group
+   bands pass read the hash files a second time: a quarter of the search's CPU.)
+3. ``dedup.pool_near`` (one task per band partition): two pHashes within ``tau`` bits agree on at
    least one band, so every pair is in the partition of each band it agrees on; it is kept only in
    the first (no pair twice). Every row with one pHash is in the same partition, so each hash's
    first row (the reference's ``reps``) is known there. Per row, the task keeps its
@@ -25,7 +26,7 @@ by global row numbers (gids, :mod:`dedup.rows`).
    (:func:`merge_nearest`). Written as ``dedup/_pool/near/<p>.parquet``.
 
 A task holds one partition: about ``dedup.pool_partition_rows`` rows (each of its bands' rows for a
-group task), whatever the pool's size. The driver holds the per-group offsets, the exact copies and
+exact task's band output), whatever the pool's size. The driver holds the per-group offsets, the exact copies and
 the near candidates it must verify. Tasks run DuckDB with one thread (Ray gave them one CPU).
 """
 
@@ -50,9 +51,11 @@ from pipeline.stage import Stage, Task
 from pipeline.stats import Stats
 
 POOL_DIR = "dedup/_pool"
-SUB_STAGES = ("dedup.pool_keys", "dedup.pool_exact", "dedup.pool_bands", "dedup.pool_near")
+SUB_STAGES = ("dedup.pool_keys", "dedup.pool_exact", "dedup.pool_near")
+#: Sub-stages of earlier versions: their completion markers are cleared too.
+_OLD_SUB_STAGES = ("dedup.pool_bands",)
 
-KEYS_SCHEMA = pa.schema([("gid", pa.int64()), ("digest", pa.string())])
+KEYS_SCHEMA = pa.schema([("gid", pa.int64()), ("digest", pa.string()), ("h", pa.uint64())])
 EXACT_SCHEMA = pa.schema([("copy", pa.int64()), ("first", pa.int64())])
 BAND_SCHEMA = pa.schema([("gid", pa.int64()), ("h", pa.uint64())])
 NEAR_SCHEMA = pa.schema([("later", pa.int64()), ("earlier", pa.int64()), ("dist", pa.int64())])
@@ -106,8 +109,8 @@ class Layout:
     def exact_file(self, b: int) -> str:
         return f"{POOL_DIR}/exact/{b:05d}.parquet"
 
-    def bands_file(self, g: int) -> str:
-        return f"{POOL_DIR}/bands/{g:05d}.parquet"
+    def bands_file(self, b: int) -> str:
+        return f"{POOL_DIR}/bands/{b:05d}.parquet"
 
     def near_file(self, p: int) -> str:
         return f"{POOL_DIR}/near/{p:05d}.parquet"
@@ -174,7 +177,10 @@ class PoolStage(Stage):
 
 
 class PoolKeys(PoolStage):
-    """Per group of shards: (gid, digest) of every hashed row, partitioned by digest bucket."""
+    """Per group of shards: (gid, digest, pHash) of every hashed row, partitioned by digest bucket.
+
+    The hash files are read once, here: the pHash travels with the digest, so the exact tasks also
+    cut the near search's band partitions (no second pass over the hash files by group)."""
 
     name = "dedup.pool_keys"
 
@@ -182,33 +188,45 @@ class PoolKeys(PoolStage):
         return self._group_tasks()
 
     def process(self, task: Task, stats: Stats) -> None:
-        lay = self.layout
+        lay, cfg = self.layout, self.config.dedup
+        exact, near = bool(cfg.exact_dups), lay.tau is not None
+        columns = ["status", *(["sha256"] if exact else []), *(["phash"] if near else [])]
         tables = []
         for i in lay.group_shards(task.payload):
-            t = self.run.read_parquet(hashes_path(lay.shards[i]), ["status", "sha256"])
-            ok = pc.and_(
-                pc.fill_null(pc.equal(t.column("status"), "ok"), False), pc.is_valid(t.column("sha256"))
-            )
+            t = self.run.read_parquet(hashes_path(lay.shards[i]), columns)
+            ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False)
+            if not near:  # a row without a digest has nothing to join on
+                ok = pc.and_(ok, pc.is_valid(t.column("sha256")))
             keep = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+            take = pa.array(keep)
+            n = len(keep)
             tables.append(
                 pa.table(
                     {
                         "gid": pa.array(keep.astype(np.int64) + lay.offsets[i]),
-                        "digest": pc.utf8_slice_codeunits(t.column("sha256"), 0, DIGEST_CHARS)
-                        .take(pa.array(keep))
-                        .combine_chunks(),
+                        "digest": pc.utf8_slice_codeunits(t.column("sha256").take(take), 0, DIGEST_CHARS)
+                        .combine_chunks()
+                        if exact
+                        else pa.nulls(n, pa.string()),
+                        "h": pa.array(t.column("phash").fill_null(0).to_numpy().astype(np.uint64)[keep])
+                        if near
+                        else pa.array(np.zeros(n, np.uint64)),
                     },
                     schema=KEYS_SCHEMA,
                 )
             )
         table = pa.concat_tables(tables).combine_chunks() if tables else KEYS_SCHEMA.empty_table()
-        bucket = digest_bucket(table.column("digest"), lay.exact_buckets)
+        if exact:
+            bucket = digest_bucket(table.column("digest"), lay.exact_buckets)
+        else:  # no digests: any spread will do, so long as it is even
+            bucket = band_bucket(table.column("gid").to_numpy().astype(np.uint64), lay.exact_buckets)
         write_keyed(self.run, lay.keys_file(task.payload), table, bucket)
         stats.inc("hashed", table.num_rows)
 
 
 class PoolExact(PoolStage):
-    """Per digest bucket: each later copy of a digest and its first copy, partitioned by the copy's group."""
+    """Per digest bucket: each later copy of a digest and its first copy, partitioned by the copy's
+    group; then the bucket's other rows, (gid, pHash) once per band, partitioned by band bucket."""
 
     name = "dedup.pool_exact"
 
@@ -220,72 +238,51 @@ class PoolExact(PoolStage):
         part = read_all_keyed(
             self.run, [lay.keys_file(g) for g in range(lay.groups)], task.payload, KEYS_SCHEMA
         )
-        with _duckdb(self.config.dedup.memory_limit) as con:
-            con.register("part", part)
-            # the reference's query (PoolIndex.exact_duplicates), on this bucket's digests only
-            out = con.sql(
-                """
-                WITH firsts AS (
-                    SELECT digest, min(gid) AS first FROM part GROUP BY digest HAVING count(*) > 1
-                )
-                SELECT p.gid AS copy, f.first FROM part p JOIN firsts f USING (digest)
-                WHERE p.gid > f.first ORDER BY copy
-                """
-            ).to_arrow_table()
-        out = pa.table({c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA)
-        write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(out.column("copy").to_numpy()))
+        copies = np.empty(0, np.int64)
+        if self.config.dedup.exact_dups:
+            with _duckdb(self.config.dedup.memory_limit) as con:
+                con.register("part", part.select(["gid", "digest"]))
+                # the reference's query (PoolIndex.exact_duplicates), on this bucket's digests only
+                out = con.sql(
+                    """
+                    WITH firsts AS (
+                        SELECT digest, min(gid) AS first FROM part
+                        WHERE digest IS NOT NULL GROUP BY digest HAVING count(*) > 1
+                    )
+                    SELECT p.gid AS copy, f.first FROM part p JOIN firsts f USING (digest)
+                    WHERE p.gid > f.first ORDER BY copy
+                    """
+                ).to_arrow_table()
+            out = pa.table({c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA)
+            copies = out.column("copy").to_numpy()
+            write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(copies))
+            stats.inc("exact_copies", out.num_rows)
         stats.inc("rows", part.num_rows)
-        stats.inc("exact_copies", out.num_rows)
+        if lay.tau is not None:
+            self._write_bands(task.payload, part, copies)
 
-
-class PoolBands(PoolStage):
-    """Per group of shards: (gid, pHash) of every hashed row but exact copies, once per band, by band bucket."""
-
-    name = "dedup.pool_bands"
-
-    def tasks(self) -> list[Task]:
-        return self._group_tasks()
-
-    def process(self, task: Task, stats: Stats) -> None:
-        lay, g = self.layout, task.payload
-        excluded = np.empty(0, np.int64)
-        if self.config.dedup.exact_dups:  # as the reference: exact copies are left out of the near search
-            excluded = (
-                read_all_keyed(
-                    self.run, [lay.exact_file(b) for b in range(lay.exact_buckets)], g, EXACT_SCHEMA
-                )
-                .column("copy")
-                .to_numpy()
-            )
-        gids, hashes = [], []
-        for i in lay.group_shards(g):
-            t = self.run.read_parquet(hashes_path(lay.shards[i]), ["status", "phash"])
-            ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
-            keep = np.flatnonzero(ok)
-            gids.append(keep.astype(np.int64) + lay.offsets[i])
-            hashes.append(t.column("phash").fill_null(0).to_numpy().astype(np.uint64)[keep])
-        gid = np.concatenate(gids) if gids else np.zeros(0, np.int64)
-        h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        keep = ~np.isin(gid, excluded)
-        gid, h = gid[keep], h[keep]
+    def _write_bands(self, b: int, part: pa.Table, copies: np.ndarray) -> None:
+        """This bucket's rows but exact copies (as the reference: left out of the near search), once
+        per band, partitioned by a hash of the band's value (partition ``band * Bn + bucket``)."""
+        lay = self.layout
+        gid = part.column("gid").to_numpy()
+        h = part.column("h").to_numpy()
+        if len(copies):  # every copy of this bucket's digests is in this bucket
+            keep = ~np.isin(gid, copies)
+            gid, h = gid[keep], h[keep]
         bands = lay.bands
-        parts = (
-            np.concatenate(
-                [
-                    band * lay.near_buckets
-                    + band_bucket((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1), lay.near_buckets)
-                    for band, (shift, bits) in enumerate(bands)
-                ]
-            )
-            if bands
-            else np.zeros(0, np.int64)
+        parts = np.concatenate(
+            [
+                band * lay.near_buckets
+                + band_bucket((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1), lay.near_buckets)
+                for band, (shift, bits) in enumerate(bands)
+            ]
         )
         table = pa.table(
             {"gid": pa.array(np.tile(gid, len(bands))), "h": pa.array(np.tile(h, len(bands)))},
             schema=BAND_SCHEMA,
         )
-        write_keyed(self.run, lay.bands_file(g), table, parts)
-        stats.inc("rows", len(gid))
+        write_keyed(self.run, lay.bands_file(b), table, parts)
 
 
 class PoolNear(PoolStage):
@@ -300,7 +297,9 @@ class PoolNear(PoolStage):
         lay, p = self.layout, task.payload
         tau = int(lay.tau)
         band = p // lay.near_buckets
-        part = read_all_keyed(self.run, [lay.bands_file(g) for g in range(lay.groups)], p, BAND_SCHEMA)
+        part = read_all_keyed(
+            self.run, [lay.bands_file(b) for b in range(lay.exact_buckets)], p, BAND_SCHEMA
+        )
         out = near_in_band(part, tau, band, self.config.dedup.memory_limit)
         # by the later row's group: a group's task (dedup.pool_pairs) reads all its rows' candidates
         write_keyed(self.run, lay.near_file(p), out, lay.group_of(out.column("later").to_numpy()))
@@ -373,7 +372,7 @@ def clear(run: RunDir) -> None:
     """Forget a previous search: its files and its sub-stages' completion markers."""
     from dedup.pool_pairs import PoolPairs, PoolVerify
 
-    for rel in (POOL_DIR, *(f"_done/{name}" for name in (*SUB_STAGES, PoolPairs.name, PoolVerify.name))):
+    for rel in (POOL_DIR, *(f"_done/{name}" for name in (*SUB_STAGES, *_OLD_SUB_STAGES, PoolPairs.name, PoolVerify.name))):
         with contextlib.suppress(FileNotFoundError):
             run.remove(rel, recursive=True)
 
@@ -394,11 +393,10 @@ def find_pool_duplicates(
     cfg = config.dedup
     layout = Layout.plan(shards, offsets, cfg.pool_partition_rows, cfg.pool_tau)
     clear(run)
-    if cfg.exact_dups:
+    if cfg.exact_dups or cfg.pool_tau is not None:
         run_stage(PoolKeys(config, run, layout), progress=progress, force=True)
         run_stage(PoolExact(config, run, layout), progress=progress, force=True)
     if cfg.pool_tau is not None:
-        run_stage(PoolBands(config, run, layout), progress=progress, force=True)
         run_stage(PoolNear(config, run, layout), progress=progress, force=True)
     pairs = run_stage(PoolPairs(config, run, layout), progress=progress, force=True)
     counts = {k: int(pairs.stats.counts.get(k, 0)) for k in ("exact_copies", "near_pairs")}
