@@ -204,8 +204,9 @@ class PoolKeys(PoolStage):
                 pa.table(
                     {
                         "gid": pa.array(keep.astype(np.int64) + lay.offsets[i]),
-                        "digest": pc.utf8_slice_codeunits(t.column("sha256").take(take), 0, DIGEST_CHARS)
-                        .combine_chunks()
+                        "digest": pc.utf8_slice_codeunits(
+                            t.column("sha256").take(take), 0, DIGEST_CHARS
+                        ).combine_chunks()
                         if exact
                         else pa.nulls(n, pa.string()),
                         "h": pa.array(t.column("phash").fill_null(0).to_numpy().astype(np.uint64)[keep])
@@ -253,7 +254,9 @@ class PoolExact(PoolStage):
                     WHERE p.gid > f.first ORDER BY copy
                     """
                 ).to_arrow_table()
-            out = pa.table({c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA)
+            out = pa.table(
+                {c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA
+            )
             copies = out.column("copy").to_numpy()
             write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(copies))
             stats.inc("exact_copies", out.num_rows)
@@ -270,18 +273,20 @@ class PoolExact(PoolStage):
         if len(copies):  # every copy of this bucket's digests is in this bucket
             keep = ~np.isin(gid, copies)
             gid, h = gid[keep], h[keep]
-        bands = lay.bands
-        parts = np.concatenate(
-            [
-                band * lay.near_buckets
-                + band_bucket((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1), lay.near_buckets)
-                for band, (shift, bits) in enumerate(bands)
-            ]
-        )
+        # band by band, each already in bucket order: the band-major whole is in partition order
+        gids, hashes, parts = [], [], []
+        for band, (shift, bits) in enumerate(lay.bands):
+            bucket = band_bucket((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1), lay.near_buckets)
+            order = np.argsort(
+                bucket.astype(np.uint16 if lay.near_buckets < 1 << 16 else np.int64), kind="stable"
+            )
+            gids.append(gid[order])
+            hashes.append(h[order])
+            parts.append(band * lay.near_buckets + bucket[order])
         table = pa.table(
-            {"gid": pa.array(np.tile(gid, len(bands))), "h": pa.array(np.tile(h, len(bands)))},
-            schema=BAND_SCHEMA,
+            {"gid": pa.array(np.concatenate(gids)), "h": pa.array(np.concatenate(hashes))}, schema=BAND_SCHEMA
         )
+        parts = np.concatenate(parts)
         write_keyed(self.run, lay.bands_file(b), table, parts)
 
 
@@ -297,9 +302,7 @@ class PoolNear(PoolStage):
         lay, p = self.layout, task.payload
         tau = int(lay.tau)
         band = p // lay.near_buckets
-        part = read_all_keyed(
-            self.run, [lay.bands_file(b) for b in range(lay.exact_buckets)], p, BAND_SCHEMA
-        )
+        part = read_all_keyed(self.run, [lay.bands_file(b) for b in range(lay.exact_buckets)], p, BAND_SCHEMA)
         out = near_in_band(part, tau, band, self.config.dedup.memory_limit)
         # by the later row's group: a group's task (dedup.pool_pairs) reads all its rows' candidates
         write_keyed(self.run, lay.near_file(p), out, lay.group_of(out.column("later").to_numpy()))
@@ -372,7 +375,10 @@ def clear(run: RunDir) -> None:
     """Forget a previous search: its files and its sub-stages' completion markers."""
     from dedup.pool_pairs import PoolPairs, PoolVerify
 
-    for rel in (POOL_DIR, *(f"_done/{name}" for name in (*SUB_STAGES, *_OLD_SUB_STAGES, PoolPairs.name, PoolVerify.name))):
+    for rel in (
+        POOL_DIR,
+        *(f"_done/{name}" for name in (*SUB_STAGES, *_OLD_SUB_STAGES, PoolPairs.name, PoolVerify.name)),
+    ):
         with contextlib.suppress(FileNotFoundError):
             run.remove(rel, recursive=True)
 
