@@ -241,22 +241,7 @@ class PoolExact(PoolStage):
         )
         copies = np.empty(0, np.int64)
         if self.config.dedup.exact_dups:
-            with _duckdb(self.config.dedup.memory_limit) as con:
-                con.register("part", part.select(["gid", "digest"]))
-                # the reference's query (PoolIndex.exact_duplicates), on this bucket's digests only
-                out = con.sql(
-                    """
-                    WITH firsts AS (
-                        SELECT digest, min(gid) AS first FROM part
-                        WHERE digest IS NOT NULL GROUP BY digest HAVING count(*) > 1
-                    )
-                    SELECT p.gid AS copy, f.first FROM part p JOIN firsts f USING (digest)
-                    WHERE p.gid > f.first ORDER BY copy
-                    """
-                ).to_arrow_table()
-            out = pa.table(
-                {c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA
-            )
+            out = exact_in_bucket(part, self.config.dedup.memory_limit)
             copies = out.column("copy").to_numpy()
             write_keyed(self.run, lay.exact_file(task.payload), out, lay.group_of(copies))
             stats.inc("exact_copies", out.num_rows)
@@ -288,6 +273,52 @@ class PoolExact(PoolStage):
         )
         parts = np.concatenate(parts)
         write_keyed(self.run, lay.bands_file(b), table, parts)
+
+
+def exact_in_bucket(part: pa.Table, memory_limit: str | None = None) -> pa.Table:
+    """The reference's exact search (``PoolIndex.exact_duplicates``) over one digest bucket's rows
+    ``part`` (gid, digest, ...): (copy, first) of each later copy of a digest, by copy.
+
+    When every digest is :data:`DIGEST_CHARS` characters (the usual case), in numpy: the digests'
+    first 8 bytes sorted, and only the rows that share them (the copies, and rare collisions)
+    compared in full; otherwise the reference's query in DuckDB."""
+    digest = part.column("digest").combine_chunks()
+    gid = part.column("gid").to_numpy()
+    n = len(digest)
+    if n == 0:
+        return EXACT_SCHEMA.empty_table()
+    offsets = np.frombuffer(digest.buffers()[1], np.int32)[digest.offset : digest.offset + n + 1]
+    if digest.null_count == 0 and (offsets[1:] - offsets[:-1] == DIGEST_CHARS).all():
+        data = np.frombuffer(digest.buffers()[2], np.uint8)
+        words = np.ascontiguousarray(
+            data[offsets[0] : offsets[0] + n * DIGEST_CHARS].reshape(n, DIGEST_CHARS)
+        ).view(np.uint64)
+        order = np.argsort(words[:, 0])
+        w0 = words[order, 0]
+        same = np.flatnonzero(w0[1:] == w0[:-1])
+        rows = order[np.unique(np.concatenate((same, same + 1)))]  # rows sharing their first 8 bytes
+        w = words[rows]
+        by = np.lexsort((gid[rows], *(w[:, k] for k in range(w.shape[1] - 1, -1, -1))))
+        rows, w = rows[by], w[by]
+        first_of = np.ones(len(rows), bool)  # the first (smallest gid) row of each digest
+        first_of[1:] = (w[1:] != w[:-1]).any(axis=1)
+        firsts = gid[rows][first_of][np.cumsum(first_of) - 1]
+        copy, first = gid[rows][~first_of], firsts[~first_of]
+        by = np.argsort(copy)
+        return pa.table({"copy": pa.array(copy[by]), "first": pa.array(first[by])}, schema=EXACT_SCHEMA)
+    with _duckdb(memory_limit) as con:
+        con.register("part", part.select(["gid", "digest"]))
+        out = con.sql(
+            """
+            WITH firsts AS (
+                SELECT digest, min(gid) AS first FROM part
+                WHERE digest IS NOT NULL GROUP BY digest HAVING count(*) > 1
+            )
+            SELECT p.gid AS copy, f.first FROM part p JOIN firsts f USING (digest)
+            WHERE p.gid > f.first ORDER BY copy
+            """
+        ).to_arrow_table()
+    return pa.table({c: out.column(c).cast(pa.int64()) for c in ("copy", "first")}, schema=EXACT_SCHEMA)
 
 
 class PoolNear(PoolStage):
