@@ -72,7 +72,8 @@ def read_keyed(run: RunDir, rel: str, key: int) -> pa.Table | None:
         keys = json.loads(pf.schema_arrow.metadata[_KEYS])
         if key not in keys:
             return None
-        return pf.read_row_group(keys.index(key)).replace_schema_metadata(None)
+        # on this thread: the task has one CPU (see pool_shuffle._read_one_thread)
+        return pf.read_row_group(keys.index(key), use_threads=False).replace_schema_metadata(None)
 
 
 def read_all_keyed(run: RunDir, rels: list[str], key: int, empty: pa.Schema) -> pa.Table:

@@ -42,6 +42,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dedup.keyed import read_all_keyed, write_keyed
 from dedup.pool import DIGEST_CHARS, NEAREST, _substrings
@@ -163,6 +164,13 @@ def _duckdb(memory_limit: str | None):
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def _read_one_thread(run: RunDir, rel: str, columns: list[str]) -> pa.Table:
+    """``columns`` of a Parquet file, decoded on this thread: the task has one CPU, and Arrow's
+    pool (a thread per core) only adds hand-offs when every core runs a task."""
+    with run.fs.open(run.path(rel), "rb") as fh:
+        return pq.read_table(fh, columns=columns, use_threads=False)
+
+
 class PoolStage(Stage):
     """What the sub-stages share: the layout. Not resumable as a whole: the driver clears them per run."""
 
@@ -193,7 +201,7 @@ class PoolKeys(PoolStage):
         columns = ["status", *(["sha256"] if exact else []), *(["phash"] if near else [])]
         tables = []
         for i in lay.group_shards(task.payload):
-            t = self.run.read_parquet(hashes_path(lay.shards[i]), columns)
+            t = _read_one_thread(self.run, hashes_path(lay.shards[i]), columns)
             ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False)
             if not near:  # a row without a digest has nothing to join on
                 ok = pc.and_(ok, pc.is_valid(t.column("sha256")))
