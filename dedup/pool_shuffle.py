@@ -287,20 +287,25 @@ def exact_in_bucket(part: pa.Table, memory_limit: str | None = None) -> pa.Table
     """The reference's exact search (``PoolIndex.exact_duplicates``) over one digest bucket's rows
     ``part`` (gid, digest, ...): (copy, first) of each later copy of a digest, by copy.
 
-    When every digest is :data:`DIGEST_CHARS` characters (the usual case), in numpy: the digests'
-    first 8 bytes sorted, and only the rows that share them (the copies, and rare collisions)
-    compared in full; otherwise the reference's query in DuckDB."""
+    When every digest present is :data:`DIGEST_CHARS` characters (the usual case), in numpy: the
+    digests' first 8 bytes sorted, and only the rows that share them (the copies, and rare
+    collisions) compared in full; otherwise the reference's query in DuckDB."""
     digest = part.column("digest").combine_chunks()
     gid = part.column("gid").to_numpy()
     n = len(digest)
     if n == 0:
         return EXACT_SCHEMA.empty_table()
     offsets = np.frombuffer(digest.buffers()[1], np.int32)[digest.offset : digest.offset + n + 1]
-    if digest.null_count == 0 and (offsets[1:] - offsets[:-1] == DIGEST_CHARS).all():
+    valid = digest.is_valid().to_numpy(zero_copy_only=False)  # a row without a digest joins nothing
+    if not valid.any():
+        return EXACT_SCHEMA.empty_table()
+    lengths = (offsets[1:] - offsets[:-1])[valid]
+    if lengths.min() == lengths.max() == DIGEST_CHARS:
         data = np.frombuffer(digest.buffers()[2], np.uint8)
-        words = np.ascontiguousarray(
-            data[offsets[0] : offsets[0] + n * DIGEST_CHARS].reshape(n, DIGEST_CHARS)
-        ).view(np.uint64)
+        with_digest = np.flatnonzero(valid)
+        gid = gid[with_digest]
+        at = offsets[:-1][with_digest, None] + np.arange(DIGEST_CHARS)
+        words = np.ascontiguousarray(data[at]).view(np.uint64)
         order = np.argsort(words[:, 0])
         w0 = words[order, 0]
         same = np.flatnonzero(w0[1:] == w0[:-1])
