@@ -304,8 +304,11 @@ def exact_in_bucket(part: pa.Table, memory_limit: str | None = None) -> pa.Table
         data = np.frombuffer(digest.buffers()[2], np.uint8)
         with_digest = np.flatnonzero(valid)
         gid = gid[with_digest]
-        at = offsets[:-1][with_digest, None] + np.arange(DIGEST_CHARS)
-        words = np.ascontiguousarray(data[at]).view(np.uint64)
+        if len(with_digest) == n:  # the usual case, every row a digest: one contiguous block
+            block = data[offsets[0] : offsets[0] + n * DIGEST_CHARS].reshape(n, DIGEST_CHARS)
+        else:
+            block = data[offsets[:-1][with_digest, None] + np.arange(DIGEST_CHARS)]
+        words = np.ascontiguousarray(block).view(np.uint64)
         order = np.argsort(words[:, 0])
         w0 = words[order, 0]
         same = np.flatnonzero(w0[1:] == w0[:-1])
