@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -292,3 +293,52 @@ def test_digest_buckets_are_a_function_of_the_digest_whatever_its_form():
     assert np.array_equal(a[kept], b[kept])
     assert len(set(b[~kept].tolist())) == 1  # equal digests, one bucket
     assert np.bincount(a, minlength=5).min() > 600 / 5 / 2
+
+
+def test_exact_search_in_numpy_matches_the_reference_query():
+    """A bucket's exact copies in numpy (every digest 32 characters; rows without one join nothing)
+    are the reference query's, as is the DuckDB path that digests of other lengths take; digests
+    sharing their first 8 bytes but not the rest are not copies."""
+    from dedup.pool_shuffle import exact_in_bucket
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    base = [f"{'0' * 8 if i % 5 == 0 else ''}{i:x}".rjust(32, "a")[:32] for i in range(n)]
+    digest = [base[rng.integers(0, i)] if i and i % 4 == 0 else base[i] for i in range(n)]
+    digest = [None if i % 31 == 3 else d for i, d in enumerate(digest)]
+    gid = rng.permutation(n * 2)[:n].astype(np.int64)  # a bucket's rows are in no gid order
+    part = pa.table({"gid": gid, "digest": pa.array(digest, pa.string())})
+
+    def expected(digests):
+        with PoolIndex() as pool:
+            order = np.argsort(gid)  # PoolIndex takes gids as first_gid + row
+            full = np.full(n * 2, None, object)
+            full[gid[order]] = np.asarray(digests, object)[order]
+            pool.add(0, np.isin(np.arange(n * 2), gid), pa.array(full.tolist(), pa.string()), np.zeros(n * 2))
+            return pool.exact_duplicates()
+
+    copy, first = expected(digest)
+    got = exact_in_bucket(part)
+    assert len(copy) > 500
+    assert np.array_equal(got.column("copy").to_numpy(), copy)
+    assert np.array_equal(got.column("first").to_numpy(), first)
+    # without the digest-less rows (every row one block of digests): the same copies
+    assert exact_in_bucket(part.filter(pc.is_valid(part.column("digest")))).equals(got)
+    short = [d if i != 7 else "short" for i, d in enumerate(digest)]  # one digest of another length
+    copy, first = expected(short)
+    got = exact_in_bucket(part.set_column(1, "digest", pa.array(short, pa.string())))
+    assert np.array_equal(got.column("copy").to_numpy(), copy)
+    assert np.array_equal(got.column("first").to_numpy(), first)
+
+
+def test_near_search_in_chunks_of_pairs_finds_the_same_pairs(monkeypatch):
+    """The band's pairs compared a few at a time (a bounded memory) give the same candidates."""
+    from dedup import pool_shuffle
+
+    h, _, ok = _pool(2400, seed=2)
+    part = pa.table({"gid": np.flatnonzero(ok).astype(np.int64), "h": pa.array(h[ok], pa.uint64())})
+    whole = [pool_shuffle.near_in_band(part, 5, band) for band in range(6)]
+    monkeypatch.setattr(pool_shuffle, "_PAIR_CHUNK", 7)
+    chunked = [pool_shuffle.near_in_band(part, 5, band) for band in range(6)]
+    assert sum(t.num_rows for t in whole) > 50
+    assert all(a.equals(b) for a, b in zip(whole, chunked, strict=True))
