@@ -53,8 +53,10 @@ REPO = Path(__file__).resolve().parents[1]
 # run as a script, benchmarks/ comes first on the path, and benchmarks/dedup.py would shadow the package
 sys.path.insert(0, str(REPO))
 
+from dedup.decide import ASSEMBLE as DECIDE_ASSEMBLE  # noqa: E402
 from dedup.decide import CODE, REASONS, DecideStage, decide, status_codes  # noqa: E402
 from dedup.pool import PoolIndex  # noqa: E402
+from dedup.pool_pairs import ASSEMBLE as POOL_ASSEMBLE  # noqa: E402
 from dedup.pool_pairs import PoolPairs, PoolVerify, assemble, read_pairs  # noqa: E402
 from dedup.pool_shuffle import SUB_STAGES, Layout, find_pool_duplicates  # noqa: E402
 from dedup.rows import ShardRows, hashes_path  # noqa: E402
@@ -189,7 +191,7 @@ def _config(run: RunDir, cpus: int | None, partition_rows: int, join: str):
 
 
 #: The Ray sub-stages of the partitioned path, in order.
-STAGES = (*SUB_STAGES, PoolPairs.name, PoolVerify.name, DecideStage.name)
+STAGES = (*SUB_STAGES, PoolPairs.name, PoolVerify.name, POOL_ASSEMBLE, DecideStage.name, DECIDE_ASSEMBLE)
 
 
 def _worker_costs(run: RunDir) -> tuple[float, float]:
@@ -280,7 +282,7 @@ def _partitioned(cfg, run: RunDir, shards: list[str]):
     rows = ShardRows(run, shards)
     res = find_pool_duplicates(cfg, run, shards, rows.offsets, progress=False)
     run_stage(ScoredByRows(cfg, run, res.layout), progress=False, force=True)
-    assemble(run, res.layout)  # dedup/pool_duplicates.parquet
+    assemble(cfg, run, res.layout)  # dedup/pool_duplicates.parquet
     decide(cfg, run, res.layout, {}, cfg.dedup.exact_dups, progress=False, near_files=True)
     return res
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from dedup.clean import DECISIONS, DECISIONS_SCHEMA
 from dedup.keyed import read_all_keyed, write_keyed
-from dedup.pool_pairs import concat_row_groups, flags_file
+from dedup.pool_pairs import concat_in_task, flags_file
 from dedup.pool_shuffle import EXACT_SCHEMA, Layout
 from dedup.rows import hashes_path
 from pipeline.rundir import RunDir
@@ -61,6 +61,10 @@ def write_flags(run: RunDir, layout: Layout, flags: dict[str, np.ndarray]) -> No
     )
     table = pa.table({"gid": pa.array(gids), "code": pa.array(codes)}, schema=FLAGS_SCHEMA)
     write_keyed(run, FLAGS, table, layout.group_of(gids))
+
+
+#: The sub-stage that writes ``decisions.parquet`` from the groups' files.
+ASSEMBLE = "dedup.decide_assemble"
 
 
 class DecideStage(Stage):
@@ -160,8 +164,8 @@ def decide(
     result = run_stage(
         DecideStage(config, run, layout, exact_files, near_files), progress=progress, force=True
     )
-    # one row group (a shard's flagged samples) at a time through the driver
-    concat_row_groups(
-        run, DECISIONS, [group_decisions_path(g) for g in range(layout.groups)], DECISIONS_SCHEMA
+    # one row group (a shard's flagged samples) at a time, in a Ray task: not through the driver
+    concat_in_task(
+        config, run, ASSEMBLE, DECISIONS, [group_decisions_path(g) for g in range(layout.groups)], DECISIONS_SCHEMA
     )
     return result.stats

@@ -32,6 +32,7 @@ from dedup.keyed import read_all_keyed
 from dedup.pool_shuffle import EXACT_SCHEMA, NEAR_SCHEMA, POOL_DIR, Layout, PoolStage, merge_nearest
 from dedup.rows import ShardRows
 from pipeline.rundir import RunDir
+from pipeline.stage import Task
 from pipeline.stats import Stats
 
 IDS = ("uid", "shard", "key")
@@ -212,6 +213,33 @@ def concat_row_groups(run: RunDir, rel: str, paths: list[str], schema: pa.Schema
     return rows
 
 
+class ConcatFile(PoolStage):
+    """One task that writes a file as the row groups of the groups' parts, in order (:func:`concat_row_groups`).
+
+    The copy is serial whichever process makes it; in a Ray task it costs the driver nothing, and the
+    driver's CPU is the one resource of a run that does not grow with the cluster (issue 22). Named per
+    file (``dedup.pool_assemble``, ``dedup.decide_assemble``) so each keeps its own stats.
+    """
+
+    def __init__(self, config, run: RunDir, name: str, rel: str, paths: list[str], schema: pa.Schema):
+        super().__init__(config, run, layout=None)
+        self.name, self.rel, self.paths, self.schema = name, rel, list(paths), schema
+
+    def tasks(self) -> list[Task]:
+        return [Task("all", self.rel)]
+
+    def process(self, task: Task, stats: Stats) -> None:
+        stats.inc("rows", concat_row_groups(self.run, self.rel, self.paths, self.schema))
+
+
+def concat_in_task(config, run: RunDir, name: str, rel: str, paths: list[str], schema: pa.Schema) -> int:
+    """:class:`ConcatFile` run as a (sub-)stage ``name``; returns the rows written."""
+    from pipeline.runner import run_stage
+
+    result = run_stage(ConcatFile(config, run, name, rel, paths, schema), progress=False, force=True)
+    return int(result.stats.counts.get("rows", 0))
+
+
 def write_candidates(run: RunDir, layout: Layout, eval_candidates: pa.Table) -> None:
     """``dedup/candidates.parquet`` (shard, key): ``eval_candidates``, then every group's near pairs'
     two sides (repeats allowed: the thumbnail tasks take each shard's distinct keys)."""
@@ -235,14 +263,18 @@ def write_candidates(run: RunDir, layout: Layout, eval_candidates: pa.Table) -> 
                         )
 
 
-def assemble(run: RunDir, layout: Layout) -> int:
+#: The sub-stage that writes ``pool_duplicates.parquet``.
+ASSEMBLE = "dedup.pool_assemble"
+
+
+def assemble(config, run: RunDir, layout: Layout) -> int:
     """``dedup/pool_duplicates.parquet`` from the groups' sorted parts, in group order (the whole
-    file's sort order); returns its rows."""
+    file's sort order), in a Ray task (:class:`ConcatFile`); returns its rows."""
     shards = list(layout.shards)
     if shards != sorted(shards):  # groups in order are in sort order only over sorted shards
         raise ValueError(f"dedup: shards must be in sorted order to assemble {POOL_DUPLICATES}")
-    return concat_row_groups(
-        run, POOL_DUPLICATES, [dups_file(g) for g in range(layout.groups)], POOL_DUPLICATES_SCHEMA
+    return concat_in_task(
+        config, run, ASSEMBLE, POOL_DUPLICATES, [dups_file(g) for g in range(layout.groups)], POOL_DUPLICATES_SCHEMA
     )
 
 

@@ -270,7 +270,7 @@ class DedupStage(Stage):
         # --- pool duplicates: exact copies as found, near ones verified with the thumbnail correlation
         if pool.in_files:  # verified per group in tasks, their sorted parts concatenated in order
             run_stage(PoolVerify(self.config, self.run, pool.layout), progress=self.progress, force=True)
-            assemble(self.run, pool.layout)
+            assemble(self.config, self.run, pool.layout)
             near_flag = _NO_ROWS  # the decision tasks read the confirmed near copies from files
         else:
             pool_rows, near_flag = self._pool_duplicates(

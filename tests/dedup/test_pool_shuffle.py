@@ -144,7 +144,7 @@ def test_pool_duplicates_are_written_per_group_and_concatenated_in_sort_order():
     cfg = load_config(None, ["dedup.pool_tau=2", "dedup.pool_partition_rows=400"], run.url)
     res = find_pool_duplicates(cfg, run, shards, ShardRows(run, shards).offsets, progress=False)
     verified = run_stage(_ScoredByRows(cfg, run, res.layout), progress=False, force=True)
-    assert assemble(run, res.layout) == sum(res.counts.values())
+    assert assemble(cfg, run, res.layout) == sum(res.counts.values())
     with run.fs.open(run.path("dedup/pool_duplicates.parquet"), "rb") as fh:
         pf = pq.ParquetFile(fh)
         got = pf.read()
