@@ -74,8 +74,7 @@ def prepare(work: Path, rows: int, rows_per_part: int, entries: int) -> str:
     import pyarrow as pa
 
     from crawl.match import MatchStage
-    from crawl.pairs import POOL_SCHEMA
-    from crawl.uid import make_uid
+    from crawl.pairs import pool_table
     from pipeline.config import load_config
     from pipeline.rundir import RunDir
     from pipeline.stats import Stats
@@ -105,16 +104,7 @@ def prepare(work: Path, rows: int, rows_per_part: int, entries: int) -> str:
         urls = [f"https://img.example.org/{k}/{i}.jpg" for i in range(len(texts))]
         run.write_parquet(
             f"pool/part-{k:05d}.parquet",
-            pa.table(
-                {
-                    "uid": [make_uid(u, t) for u, t in zip(urls, texts, strict=True)],
-                    "url": urls,
-                    "text": texts,
-                    "page_url": [None] * len(texts),
-                    "source": ["bench"] * len(texts),
-                },
-                schema=POOL_SCHEMA,
-            ),
+            pool_table(urls, texts, "bench"),
         )
     print(f"pool: {rows:,} rows in {n_parts} parts ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     stage = MatchStage(load_config(None, [], run_url), run)

@@ -87,10 +87,8 @@ def size_label(n: int) -> str:
 # ---------------------------------------------------------------------------------------- data
 def write_pool(run_dir: Path, n_rows: int, rows_per_part: int, seed: int = 0) -> int:
     """Write ``pool/part-*.parquet`` with ``n_rows`` rows (real captions first, then recombinations)."""
-    import pyarrow as pa
 
-    from crawl.pairs import POOL_SCHEMA
-    from crawl.uid import make_uid
+    from crawl.pairs import pool_table
     from pipeline.rundir import RunDir
 
     real = real_captions()
@@ -112,16 +110,7 @@ def write_pool(run_dir: Path, n_rows: int, rows_per_part: int, seed: int = 0) ->
         urls = [f"https://img{i % 997}.example.org/{i}.jpg" for i in range(lo, hi)]
         run.write_parquet(
             f"pool/part-{k:05d}.parquet",
-            pa.table(
-                {
-                    "uid": [make_uid(u, t) for u, t in zip(urls, texts, strict=True)],
-                    "url": urls,
-                    "text": texts,
-                    "page_url": [None] * len(texts),
-                    "source": ["bench"] * len(texts),
-                },
-                schema=POOL_SCHEMA,
-            ),
+            pool_table(urls, texts, "bench"),
         )
         print(f"  pool part {k + 1}/{parts} written ({hi:,} rows, {time.perf_counter() - start:.0f}s)",
               file=sys.stderr, flush=True)

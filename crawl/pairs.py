@@ -31,6 +31,23 @@ POOL_SCHEMA = pa.schema(
 PAIR_DROPS = ("empty_alt", "alt_too_long", "non_utf8", "not_http", "duplicate")
 
 
+def pool_table(urls: list[str], texts: list[str], source: str) -> pa.Table:
+    """Pool rows (:data:`POOL_SCHEMA`) of already-checked pairs, their uids made here, no page URL:
+    what synthetic pools (benchmarks, tests) write as ``pool/part-*.parquet``."""
+    from crawl.uid import make_uid
+
+    return pa.table(
+        {
+            "uid": [make_uid(u, t) for u, t in zip(urls, texts, strict=True)],
+            "url": urls,
+            "text": texts,
+            "page_url": [None] * len(texts),
+            "source": [source] * len(texts),
+        },
+        schema=POOL_SCHEMA,
+    )
+
+
 def is_http_url(url: str) -> bool:
     """True for an absolute http(s) URL with a host."""
     try:
